@@ -1,0 +1,200 @@
+"""Training and comparison reports: ``report.json`` plus a self-contained ``report.html``.
+
+The JSON is the machine-readable record (dataset statistics, protocol,
+metrics, per-epoch history); the HTML is what a person looks at: a metrics
+table, training-loss and validation-NDCG curves, original vs regenerated vs
+personalized bars, and the DR4SR+ weight histograms. Plots are rendered with
+matplotlib into inline PNGs so the page is one file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: workers and CI have no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _figure_png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _curves(runs: list[dict]) -> str | None:
+    runs = [r for r in runs if r.get("history")]
+    if not runs:
+        return None
+    fig, (ax_loss, ax_ndcg) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for run in runs:
+        label = run.get("label") or run.get("model", "")
+        epochs = [h.get("epoch", i + 1) for i, h in enumerate(run["history"])]
+        ax_loss.plot(epochs, [h.get("loss", math.nan) for h in run["history"]], label=label)
+        ax_ndcg.plot(epochs, [h.get("valid_ndcg@20", math.nan) for h in run["history"]], label=label)
+    ax_loss.set(title="training loss", xlabel="epoch", ylabel="loss")
+    ax_ndcg.set(title="validation NDCG@20", xlabel="epoch", ylabel="NDCG@20")
+    for ax in (ax_loss, ax_ndcg):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _figure_png(fig)
+
+
+def _bars(rows: list[dict], metric: str) -> str | None:
+    rows = [r for r in rows if metric in r.get("test", {})]
+    if len(rows) < 2:
+        return None
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    width = 0.8 / len(variants)
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(models) + 2), 3.6))
+    for j, variant in enumerate(variants):
+        xs, ys = [], []
+        for i, model in enumerate(models):
+            for r in rows:
+                if r["model"] == model and r["variant"] == variant:
+                    xs.append(i + j * width)
+                    ys.append(r["test"][metric])
+        ax.bar(xs, ys, width=width, label=variant)
+    ax.set_xticks([i + width * (len(variants) - 1) / 2 for i in range(len(models))], models)
+    ax.set(title=f"test {metric}", ylabel=metric)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _figure_png(fig)
+
+
+def _weights(weights: dict) -> str | None:
+    if not weights:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for source, summary in weights.items():
+        edges, counts = summary.get("edges"), summary.get("counts")
+        if not edges or not counts or sum(counts) == 0:
+            continue
+        total = sum(counts)
+        ax.stairs([c / total for c in counts], edges, label=f"{source} (mean {summary.get('mean', 0):.3f})")
+    ax.set(title="DR4SR+ learned weights per row source", xlabel="weight", ylabel="share of positions")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _figure_png(fig)
+
+
+def _table(rows: list[dict]) -> str:
+    metrics = sorted({m for r in rows for m in r.get("test", {})}, key=lambda m: (m.split("@")[0], int(m.split("@")[1]) if "@" in m else 0))
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)
+    has_sig = any(r.get("significance") for r in rows)
+    if has_sig:
+        head += "<th>vs original (paired t / Wilcoxon p, NDCG@20)</th>"
+    body = []
+    for r in rows:
+        cells = "".join(f"<td>{r['test'][m]:.4f}</td>" if m in r.get("test", {}) else "<td></td>" for m in metrics)
+        if has_sig:
+            sig = r.get("significance") or {}
+            cells += (
+                f"<td>{sig['t_p']:.3g} / {sig['wilcoxon_p']:.3g}</td>" if "t_p" in sig else "<td>—</td>"
+            )
+        body.append(
+            f"<tr><td>{html.escape(str(r.get('model', '')))}</td>"
+            f"<td>{html.escape(str(r.get('variant', '')))}</td>{cells}</tr>"
+        )
+    return (
+        f"<table><thead><tr><th>model</th><th>variant</th>{head}</tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def _kv_table(title: str, mapping: dict) -> str:
+    if not mapping:
+        return ""
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(json.dumps(v, default=_json_default) if isinstance(v, (dict, list)) else str(v))}</td></tr>"
+        for k, v in mapping.items()
+    )
+    return f"<h2>{html.escape(title)}</h2><table class='kv'>{rows}</table>"
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2rem;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:.5rem 0 1.5rem}
+td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}
+th{background:#f3f3f3}
+table.kv th{text-align:left}
+table.kv td{text-align:left;font-family:monospace;font-size:.85rem}
+img{max-width:100%}
+"""
+
+
+def result_rows(report: dict) -> list[dict]:
+    """The (model, variant, test metrics, significance) rows a report shows in its table."""
+    if report.get("runs"):
+        return report["runs"]
+    return [
+        {
+            "model": report.get("model", ""),
+            "variant": report.get("variant", ""),
+            "test": report.get("test", {}),
+            "history": report.get("history", []),
+        }
+    ]
+
+
+def render_html(report: dict) -> str:
+    rows = result_rows(report)
+    title = report.get("title") or f"DR4SR report: {report.get('model', '')} on {report.get('dataset', {}).get('name', '')}"
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+             "<h2>Test metrics</h2>", _table(rows)]
+    images = [
+        ("Original vs regenerated vs personalized", _bars(rows, "ndcg@20")),
+        ("Training curves", _curves([dict(r, label=f"{r.get('model')} / {r.get('variant')}") for r in rows])),
+        ("Learned weights", _weights(report.get("weights") or {})),
+    ]
+    for caption, png in images:
+        if png:
+            parts.append(f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='data:image/png;base64,{png}'>")
+    parts.append(_kv_table("Dataset", report.get("dataset", {})))
+    parts.append(_kv_table("Protocol", report.get("protocol", {})))
+    if report.get("valid"):
+        parts.append(_kv_table("Validation metrics (best epoch)", report["valid"]))
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+def write_report(out_dir: Path, report: dict) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``report.html`` into ``out_dir`` atomically."""
+    out_dir = Path(out_dir)
+    json_path, html_path = out_dir / "report.json", out_dir / "report.html"
+    _atomic_write(json_path, json.dumps(report, indent=2, default=_json_default).encode())
+    _atomic_write(html_path, render_html(report).encode())
+    return json_path, html_path
