@@ -23,6 +23,11 @@ cli = typer.Typer(
 )
 
 
+@cli.callback()
+def _root() -> None:
+    """DR4SR / DR4SR+ dataset regeneration for sequential recommendation."""
+
+
 def _register_all() -> None:
     for info in sorted(pkgutil.iter_modules(app.commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"app.commands.{info.name}")
