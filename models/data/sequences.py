@@ -185,3 +185,38 @@ class Split:
     mining: Sequences  # full history minus the last two items (not windowed)
     pair_source: Sequences  # W[:m-2] for every user (pre-training pair sources)
     stats: dict = field(default_factory=dict)
+
+
+def save_rows(path, rows: TrainRows) -> None:
+    """Write training rows to an ``.npz`` file (plain arrays, no pickles), atomically."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez(
+            tmp,
+            items=rows.seqs.items,
+            offsets=rows.seqs.offsets,
+            source=rows.source,
+            user=rows.user,
+        )
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_rows(path) -> TrainRows:
+    """Read training rows written by :func:`save_rows`."""
+    with np.load(path, allow_pickle=False) as data:
+        return TrainRows(
+            Sequences(data["items"].astype(np.int64), data["offsets"].astype(np.int64)),
+            data["source"].astype(np.uint8),
+            data["user"].astype(np.int64),
+        )

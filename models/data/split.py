@@ -41,4 +41,6 @@ def leave_one_out(sequences: Sequences, max_len: int = 50) -> Split:
         "max_len": int(max_len),
         "mean_train_input_length": float((train_seqs.lengths - 1).mean()) if len(n) else 0.0,
     }
-    return Split(train=train, valid=valid, test=test, mining=mining, pair_source=train_seqs, stats=stats)
+    return Split(
+        train=train, valid=valid, test=test, mining=mining, pair_source=train_seqs, stats=stats
+    )
