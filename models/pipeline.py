@@ -435,7 +435,7 @@ def train(
 
     tmp = _atomic_dir(out_dir)
     try:
-        save_checkpoint(result.model, tmp / "model.safetensors")
+        save_checkpoint(result.model, tmp)  # model.safetensors + config.json
         top = topk(result.model, split.test, k=min(config.topk, dataset.num_items))
         _write_topk(tmp / "topk.parquet", dataset, split, top)
         np.savez(tmp / "per_user.npz", **{k: np.asarray(v) for k, v in result.test_per_user.items()})

@@ -137,7 +137,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("evaluate")
     def evaluate_cmd(
-        checkpoint: Path = typer.Argument(..., help="A model.safetensors written by `dr4sr train`."),
+        checkpoint: Path = typer.Argument(..., help="A `dr4sr train` folder (or its model.safetensors)."),
         file: Path = typer.Argument(..., help="The interaction log (or prepared folder) it was trained on."),
         out: Path = typer.Option(Path("evaluation"), "--out", help="Report folder."),
         split: str = typer.Option("test", help="test or valid."),
@@ -155,7 +155,7 @@ def register(app: typer.Typer) -> None:
             raise _fail("--split must be 'test' or 'valid'")
         dataset = _load_dataset(file, fmt, user_core, item_core, max_len)
         try:
-            model = load_model(checkpoint)
+            model = load_model(checkpoint.parent if checkpoint.is_file() else checkpoint)
         except (OSError, ValueError, RuntimeError) as exc:
             raise _fail(f"cannot load checkpoint {checkpoint}: {exc}") from None
         if model.num_items != dataset.num_items:

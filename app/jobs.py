@@ -1,0 +1,218 @@
+"""Job operations behind the routers: create and enqueue, look up, cancel,
+and render a row as the API's :class:`app.schemas.JobOut`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.datasets import mark_invalid
+from app.errors import Conflict, Invalid, NotFound, Unavailable
+from app.jobstate import TASK_NAMES, overall_fraction, queue_for, stage_fraction
+from app.orm import ACTIVE_STATES, Artifact, Dataset, Job, Principal, utcnow
+from app.schemas import JobOut, JobProgress, StageProgress
+from app.settings import Settings
+from app.storage import ArtifactStore
+
+# Artifact kind -> link name in JobOut.links (and the route serving it).
+RESULT_LINKS = {
+    "report": ("report", "/jobs/{id}/report"),
+    "stats": ("report", "/jobs/{id}/report"),  # a regeneration's statistics
+    "report_html": ("report.html", "/jobs/{id}/report.html"),
+    "topk": ("topk", "/jobs/{id}/topk"),
+    "checkpoint": ("checkpoint", "/jobs/{id}/checkpoint"),
+}
+
+
+def owned_dataset(
+    session: Session, principal: Principal, dataset_id: str, *, lock: bool = False
+) -> Dataset:
+    query = select(Dataset).where(Dataset.id == dataset_id, Dataset.owner_id == principal.id)
+    if lock:
+        query = query.with_for_update()
+    ds = session.scalar(query)
+    if ds is None:
+        raise NotFound(f"no dataset {dataset_id}", field="dataset_id")
+    return ds
+
+
+def ready_dataset(session: Session, principal: Principal, dataset_id: str) -> Dataset:
+    ds = owned_dataset(session, principal, dataset_id, lock=True)
+    if ds.status != "ready":
+        raise Conflict(
+            f"dataset {dataset_id} is {ds.status}; jobs need a validated ('ready') dataset",
+            field="dataset_id",
+        )
+    return ds
+
+
+def owned_job(session: Session, principal: Principal, job_id: str) -> Job:
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.owner_id == principal.id))
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    return job
+
+
+def regeneration_for(
+    session: Session, principal: Principal, dataset: Dataset, job_id: str | None
+) -> Job:
+    """The given successful regeneration of ``dataset``, or its latest one."""
+    if job_id is not None:
+        job = session.scalar(select(Job).where(Job.id == job_id, Job.owner_id == principal.id))
+        if job is None or job.kind != "regenerate" or job.dataset_id != dataset.id:
+            raise NotFound(
+                f"no regeneration job {job_id} for dataset {dataset.id}",
+                field="regeneration_job_id",
+            )
+        if job.state != "succeeded":
+            raise Conflict(
+                f"regeneration job {job_id} is {job.state}, not succeeded",
+                field="regeneration_job_id",
+            )
+        return job
+    job = session.scalar(
+        select(Job)
+        .where(Job.dataset_id == dataset.id, Job.kind == "regenerate", Job.state == "succeeded")
+        .order_by(Job.finished_at.desc(), Job.created_at.desc())
+        .limit(1)
+    )
+    if job is None:
+        raise NotFound(
+            f"dataset {dataset.id} has no successful regeneration yet; "
+            "run POST /jobs/regenerate first",
+            field="regeneration_job_id",
+        )
+    return job
+
+
+def device_of(parameters: dict[str, Any]) -> str:
+    device = parameters.get("device", "auto")
+    if device not in ("auto", "cpu", "cuda"):
+        raise Invalid("device: must be 'auto', 'cpu' or 'cuda'", field="parameters.device")
+    return device
+
+
+def submit(
+    session: Session,
+    celery: Celery,
+    settings: Settings,
+    *,
+    owner_id: int,
+    dataset_id: str,
+    kind: str,
+    parameters: dict[str, Any],
+    device: str = "cpu",
+    source_job_id: str | None = None,
+) -> Job:
+    """Insert a queued job, commit, and enqueue its task by name."""
+    queue = queue_for(device, settings.auto_device_queue)
+    job = Job(
+        owner_id=owner_id,
+        dataset_id=dataset_id,
+        kind=kind,
+        state="queued",
+        queue=queue,
+        parameters=parameters,
+        progress={},
+        max_attempts=settings.max_attempts,
+        source_job_id=source_job_id,
+    )
+    session.add(job)
+    session.commit()
+    try:
+        celery.send_task(TASK_NAMES[kind], args=[job.id], queue=queue)
+    except Exception as exc:
+        job.state, job.finished_at = "failed", utcnow()
+        job.error = {"type": "BrokerUnavailable", "message": f"could not enqueue the job: {exc}"}
+        session.commit()
+        raise Unavailable(f"the job queue is unavailable: {exc}") from exc
+    return job
+
+
+def request_cancel(session: Session, store: ArtifactStore, job: Job) -> Job:
+    """Queued jobs are cancelled at once; running ones are flagged and stop
+    at their next progress step (the worker records 'cancelled')."""
+    if job.state in ("succeeded", "failed", "cancelled"):
+        raise Conflict(f"job {job.id} already {job.state}")
+    now = utcnow()
+    job.cancel_requested = True
+    if job.state == "queued":
+        job.state, job.finished_at = "cancelled", now
+        if job.kind == "validate":
+            mark_invalid(session, store, job.dataset_id, "validation was cancelled")
+    job.updated_at = now
+    session.commit()
+    return job
+
+
+def active_jobs_of(session: Session, dataset_id: str) -> list[str]:
+    return list(
+        session.scalars(
+            select(Job.id).where(Job.dataset_id == dataset_id, Job.state.in_(ACTIVE_STATES))
+        )
+    )
+
+
+def count_jobs(session: Session, where: list) -> int:
+    return int(session.scalar(select(func.count()).select_from(Job).where(*where)) or 0)
+
+
+def render(job: Job, artifact_kinds: set[str]) -> JobOut:
+    progress = job.progress or {}
+    stages = {
+        name: StageProgress(
+            done=entry.get("done", 0),
+            total=entry.get("total"),
+            fraction=stage_fraction(entry),
+            epoch=entry.get("epoch"),
+            metrics=entry.get("metrics") or {},
+            message=entry.get("message"),
+        )
+        for name, entry in (progress.get("stages") or {}).items()
+    }
+    links = {"self": f"/jobs/{job.id}", "dataset": f"/datasets/{job.dataset_id}"}
+    if job.state in ACTIVE_STATES:
+        links["cancel"] = f"/jobs/{job.id}/cancel"
+    if job.state == "succeeded":
+        for kind, (name, template) in RESULT_LINKS.items():
+            if kind in artifact_kinds:
+                links[name] = template.format(id=job.id)
+        if job.kind == "regenerate" and "regenerated" in artifact_kinds:
+            links["regenerated"] = (
+                f"/datasets/{job.dataset_id}/regenerated?job={job.id}&format=parquet"
+            )
+    return JobOut(
+        id=job.id,
+        kind=job.kind,
+        state=job.state,
+        dataset_id=job.dataset_id,  # type: ignore[arg-type]
+        regeneration_job_id=job.source_job_id,
+        queue=job.queue,  # type: ignore[arg-type]
+        parameters=job.parameters or {},
+        progress=JobProgress(
+            stage=job.stage, fraction=overall_fraction(job.kind, job.state, progress), stages=stages
+        ),
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+        cancel_requested=job.cancel_requested,
+        error=job.error,
+        result=job.result,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        updated_at=job.updated_at,
+        links=links,
+    )
+
+
+def artifact_kinds(session: Session, job_ids: list[str]) -> dict[str, set[str]]:
+    kinds: dict[str, set[str]] = {j: set() for j in job_ids}
+    if job_ids:
+        for job_id, kind in session.execute(
+            select(Artifact.job_id, Artifact.kind).where(Artifact.job_id.in_(job_ids)).distinct()
+        ):
+            kinds[job_id].add(kind)
+    return kinds

@@ -1,0 +1,1 @@
+"""HTTP routers; each stays thin and delegates to the service modules in app/."""

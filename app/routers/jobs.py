@@ -1,0 +1,306 @@
+"""/jobs: submit regenerate/train/compare, follow, cancel, download results."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy import select
+
+from app.deps import PrincipalDep, ServicesDep, SessionDep
+from app.downloads import MEDIA_TYPES, stream_artifact, tar_stream
+from app.errors import Conflict, Invalid, NotFound, responses
+from app.jobs import (
+    artifact_kinds,
+    count_jobs,
+    device_of,
+    owned_job,
+    ready_dataset,
+    regeneration_for,
+    render,
+    request_cancel,
+    submit,
+)
+from app.orm import Artifact, Job
+from app.schemas import (
+    CompareRequest,
+    JobKind,
+    JobList,
+    JobOut,
+    JobState,
+    RegenerateRequest,
+    TrainRequest,
+)
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+_SUBMIT_RESPONSES = {
+    202: {"description": "Queued; `Location` points at the job."},
+    **responses(401, 404, 409, 422, 503),
+}
+
+
+def _accepted(session, job: Job) -> JSONResponse:
+    body = render(job, artifact_kinds(session, [job.id])[job.id])
+    return JSONResponse(
+        body.model_dump(mode="json"), status_code=202, headers={"Location": f"/jobs/{job.id}"}
+    )
+
+
+def _config_error(exc: ValueError) -> Invalid:
+    message = str(exc)
+    head = message.split(":", 1)[0].strip()
+    field = f"parameters.{head}" if head and " " not in head else "parameters"
+    return Invalid(message, field=field)
+
+
+@router.post(
+    "/regenerate",
+    status_code=202,
+    response_model=JobOut,
+    responses=_SUBMIT_RESPONSES,
+    summary="Regenerate a dataset (DR4SR)",
+    description="Mines patterns, trains the regenerator and decodes a new training set. "
+    "`parameters` are RegenerationConfig fields; unknown or out-of-range values are a 422.",
+)
+def submit_regenerate(
+    body: RegenerateRequest, session: SessionDep, principal: PrincipalDep, services: ServicesDep
+) -> JSONResponse:
+    from models.pipeline import RegenerationConfig
+
+    try:
+        RegenerationConfig.from_dict(body.parameters)
+    except (ValueError, TypeError) as exc:
+        raise _config_error(ValueError(str(exc))) from None
+    ds = ready_dataset(session, principal, body.dataset_id)
+    job = submit(
+        session,
+        services.celery,
+        services.settings,
+        owner_id=principal.id,
+        dataset_id=ds.id,
+        kind="regenerate",
+        parameters={"config": body.parameters},
+        device=device_of(body.parameters),
+    )
+    return _accepted(session, job)
+
+
+def _check_train_config(parameters: dict, **fixed) -> None:
+    from models.pipeline import TrainJobConfig
+
+    try:
+        TrainJobConfig.from_dict({**parameters, **fixed})
+    except (ValueError, TypeError) as exc:
+        raise _config_error(ValueError(str(exc))) from None
+
+
+@router.post(
+    "/train",
+    status_code=202,
+    response_model=JobOut,
+    responses=_SUBMIT_RESPONSES,
+    summary="Train a target recommender",
+    description="On the original training rows or a regenerated dataset (the latest "
+    "successful regeneration unless `regeneration_job_id` is given); `personalize` adds "
+    "the DR4SR+ personalizer.",
+)
+def submit_train(
+    body: TrainRequest, session: SessionDep, principal: PrincipalDep, services: ServicesDep
+) -> JSONResponse:
+    _check_train_config(body.parameters, model=body.model, personalize=body.personalize)
+    ds = ready_dataset(session, principal, body.dataset_id)
+    source = None
+    if body.data == "regenerated":
+        source = regeneration_for(session, principal, ds, body.regeneration_job_id).id
+    parameters = {
+        "data": body.data,
+        "model": body.model,
+        "personalize": body.personalize,
+        "config": body.parameters,
+    }
+    job = submit(
+        session,
+        services.celery,
+        services.settings,
+        owner_id=principal.id,
+        dataset_id=ds.id,
+        kind="train",
+        parameters=parameters,
+        device=device_of(body.parameters),
+        source_job_id=source,
+    )
+    return _accepted(session, job)
+
+
+@router.post(
+    "/compare",
+    status_code=202,
+    response_model=JobOut,
+    responses=_SUBMIT_RESPONSES,
+    summary="Compare models x data variants",
+    description="Trains every model on every variant and reports them side by side.",
+)
+def submit_compare(
+    body: CompareRequest, session: SessionDep, principal: PrincipalDep, services: ServicesDep
+) -> JSONResponse:
+    from models import pipeline
+
+    unknown = sorted(set(body.models) - set(pipeline.MODEL_NAMES))
+    if unknown:
+        raise Invalid(
+            f"unknown model(s) {unknown}; choose from {list(pipeline.MODEL_NAMES)}", field="models"
+        )
+    unknown = sorted(set(body.variants) - set(pipeline.VARIANTS))
+    if unknown:
+        raise Invalid(
+            f"unknown variant(s) {unknown}; choose from {list(pipeline.VARIANTS)}", field="variants"
+        )
+    _check_train_config(body.parameters)
+    ds = ready_dataset(session, principal, body.dataset_id)
+    source = None
+    if any(v != "original" for v in body.variants):
+        source = regeneration_for(session, principal, ds, body.regeneration_job_id).id
+    parameters = {"models": body.models, "variants": body.variants, "config": body.parameters}
+    job = submit(
+        session,
+        services.celery,
+        services.settings,
+        owner_id=principal.id,
+        dataset_id=ds.id,
+        kind="compare",
+        parameters=parameters,
+        device=device_of(body.parameters),
+        source_job_id=source,
+    )
+    return _accepted(session, job)
+
+
+@router.get("", response_model=JobList, summary="Your jobs, newest first", responses=responses(401))
+def list_jobs(
+    session: SessionDep,
+    principal: PrincipalDep,
+    state: Annotated[JobState | None, Query()] = None,
+    kind: Annotated[JobKind | None, Query()] = None,
+    dataset_id: Annotated[str | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobList:
+    where = [Job.owner_id == principal.id]
+    if state:
+        where.append(Job.state == state)
+    if kind:
+        where.append(Job.kind == kind)
+    if dataset_id:
+        where.append(Job.dataset_id == dataset_id)
+    rows = session.scalars(
+        select(Job).where(*where).order_by(Job.created_at.desc()).limit(limit).offset(offset)
+    ).all()
+    kinds = artifact_kinds(session, [j.id for j in rows])
+    return JobList(items=[render(j, kinds[j.id]) for j in rows], total=count_jobs(session, where))
+
+
+@router.get(
+    "/{job_id}",
+    response_model=JobOut,
+    summary="One job: state, progress, error, links",
+    responses=responses(401, 404),
+)
+def get_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobOut:
+    job = owned_job(session, principal, job_id)
+    return render(job, artifact_kinds(session, [job.id])[job.id])
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobOut,
+    status_code=202,
+    summary="Cancel a job (cooperatively)",
+    description="A queued job is cancelled at once. A running job is flagged; the worker "
+    "stops at its next progress step and records `cancelled`, storing nothing.",
+    responses=responses(401, 404, 409),
+)
+def cancel_job(
+    job_id: str, session: SessionDep, principal: PrincipalDep, services: ServicesDep
+) -> JobOut:
+    job = request_cancel(session, services.store, owned_job(session, principal, job_id))
+    return render(job, set())
+
+
+def _result(session, principal, job_id: str, *kinds: str) -> list[Artifact]:
+    job = owned_job(session, principal, job_id)
+    if job.state != "succeeded":
+        raise Conflict(f"job {job_id} is {job.state}; results exist once it has succeeded")
+    found = list(
+        session.scalars(
+            select(Artifact)
+            .where(Artifact.job_id == job.id, Artifact.kind.in_(kinds))
+            .order_by(Artifact.name)
+        )
+    )
+    if not found:
+        raise NotFound(f"a {job.kind} job has no {kinds[0]} result")
+    return found
+
+
+@router.get(
+    "/{job_id}/report",
+    summary="Evaluation report (JSON)",
+    responses={200: {"content": {"application/json": {}}}, **responses(401, 404, 409)},
+)
+def job_report(
+    job_id: str, session: SessionDep, principal: PrincipalDep, services: ServicesDep
+) -> StreamingResponse:
+    artifact = _result(session, principal, job_id, "report", "stats")[0]
+    return stream_artifact(services.store, artifact, MEDIA_TYPES["json"])
+
+
+@router.get(
+    "/{job_id}/report.html",
+    summary="Evaluation report (HTML)",
+    responses={200: {"content": {"text/html": {}}}, **responses(401, 404, 409)},
+)
+def job_report_html(
+    job_id: str, session: SessionDep, principal: PrincipalDep, services: ServicesDep
+) -> StreamingResponse:
+    artifact = _result(session, principal, job_id, "report_html")[0]
+    return stream_artifact(services.store, artifact, MEDIA_TYPES["html"])
+
+
+@router.get(
+    "/{job_id}/topk",
+    summary="Top-k recommendations per user (Parquet, original ids)",
+    responses={
+        200: {"content": {"application/vnd.apache.parquet": {}}},
+        **responses(401, 404, 409),
+    },
+)
+def job_topk(
+    job_id: str, session: SessionDep, principal: PrincipalDep, services: ServicesDep
+) -> StreamingResponse:
+    artifact = _result(session, principal, job_id, "topk")[0]
+    return stream_artifact(
+        services.store, artifact, MEDIA_TYPES["parquet"], f"{job_id}-topk.parquet"
+    )
+
+
+@router.get(
+    "/{job_id}/checkpoint",
+    summary="Model weights + config as a tar stream",
+    description="safetensors weights and their JSON config, archived on the fly.",
+    responses={200: {"content": {"application/x-tar": {}}}, **responses(401, 404, 409)},
+)
+def job_checkpoint(
+    job_id: str, session: SessionDep, principal: PrincipalDep, services: ServicesDep
+) -> StreamingResponse:
+    members = _result(session, principal, job_id, "checkpoint", "config")
+    if not any(a.kind == "checkpoint" for a in members):
+        raise NotFound(f"job {job_id} stored no model weights")
+    entries = [(a.name.removeprefix("output/"), a) for a in members]
+    session.close()  # the stream outlives the request's session
+    return StreamingResponse(
+        tar_stream(services.store, entries),
+        media_type=MEDIA_TYPES["tar"],
+        headers={"Content-Disposition": f'attachment; filename="{job_id}-checkpoint.tar"'},
+    )

@@ -1,0 +1,147 @@
+"""Fixtures for the service tests: a fresh PostgreSQL database and a
+dedicated Redis db per session, and tiny synthetic data files.
+
+PostgreSQL or Redis being unreachable skips these tests, unless
+DR4SR_REQUIRE_SERVICES is set (CI), where it fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from service_harness import (
+    MAX_UPLOAD,
+    SYNC_MAX,
+    Proc,
+    Stack,
+    base_env,
+    cli,
+    free_port,
+    run_cli,
+    unavailable,
+    wait_ready,
+)
+
+PG_HOST = os.environ.get("DR4SR_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("DR4SR_TEST_PG_PORT", "5432"))
+PG_USERS = ("postgres", "root")
+REDIS_URL = os.environ.get("DR4SR_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
+
+
+# -- PostgreSQL and Redis --------------------------------------------------------
+def _pg_admin() -> tuple[str, object]:
+    import psycopg
+
+    errors = []
+    for user in PG_USERS:
+        try:
+            conn = psycopg.connect(
+                host=PG_HOST,
+                port=PG_PORT,
+                user=user,
+                dbname="test",
+                connect_timeout=3,
+                autocommit=True,
+            )
+            return user, conn
+        except psycopg.Error as exc:
+            errors.append(f"{user}: {exc}".strip())
+    unavailable(f"PostgreSQL at {PG_HOST}:{PG_PORT} unreachable: {'; '.join(errors)}")
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh database for this test session, dropped afterwards."""
+    user, conn = _pg_admin()
+    name = f"dr4sr_test_{uuid.uuid4().hex[:12]}"
+    conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        unavailable(f"Redis at {REDIS_URL} unreachable: {exc}")
+    client.flushdb()  # a dedicated db number: only ours is cleared
+    try:
+        yield REDIS_URL
+    finally:
+        client.flushdb()
+        client.close()
+
+
+# -- tiny data ---------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def datasets_dir(tmp_path_factory) -> Path:
+    """Synthetic interaction logs: a small one (validated in the request) and
+    a larger one (validated by a job), plus a malformed large file."""
+    from models.data import synthetic
+
+    out = tmp_path_factory.mktemp("data")
+    small = synthetic.generate(
+        num_users=120, num_items=60, num_patterns=12, min_len=6, max_len=14, seed=1
+    )
+    synthetic.write(out / "small.csv", small, "csv")
+    large = synthetic.generate(
+        num_users=400, num_items=80, num_patterns=16, min_len=6, max_len=16, seed=2
+    )
+    synthetic.write(out / "large.csv", large, "csv")
+    good = (out / "large.csv").read_text().splitlines()
+    bad = good[:200] + [good[200].rsplit(",", 1)[0] + ",yesterday"] + good[201:]
+    (out / "bad_large.csv").write_text("\n".join(bad) + "\n")
+    return out
+
+
+# -- the production topology -----------------------------------------------------
+@pytest.fixture(scope="session")
+def stack(pg_url: str, redis_url: str, tmp_path_factory) -> Iterator[Stack]:
+    data_dir = tmp_path_factory.mktemp("prod")
+    env = base_env(
+        data_dir,
+        DR4SR_DATABASE_URL=pg_url,
+        DR4SR_BROKER_URL=redis_url,
+        DR4SR_STORAGE_URL=str(data_dir / "artifacts"),
+        DR4SR_SYNC_VALIDATION_MAX_BYTES=str(SYNC_MAX),
+        DR4SR_MAX_UPLOAD_BYTES=str(MAX_UPLOAD),
+    )
+    port = free_port()
+    run_cli(env, "db", "upgrade")
+    api = Proc("api", cli("api", "--port", str(port)), env, data_dir / "api.log").start()
+    worker = Proc("worker", cli("worker"), env, data_dir / "worker.log").start()
+    s = Stack(f"http://127.0.0.1:{port}", env, data_dir, [api, worker])
+    try:
+        wait_ready(s.base_url, s.procs)
+        s.keys = {who: run_cli(env, "keys", "create", who) for who in ("alice", "bob")}
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def print_logs_on_failure(request, stack: Stack) -> Iterator[None]:
+    """Show the API and worker logs when a test against the stack fails."""
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        print(stack.logs())

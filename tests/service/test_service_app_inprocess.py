@@ -1,0 +1,73 @@
+"""The FastAPI app in-process (SQLite, no worker): error shapes, readiness
+when the broker is down, request validation."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.auth import create_key
+from app.db import make_engine, make_sessionmaker, session_scope
+from app.main import create_app
+from app.settings import Settings
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # starlette's note about httpx2
+    from fastapi.testclient import TestClient
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    # Port 1 on localhost refuses connections: the broker is "down".
+    settings = Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:1/0")
+    with TestClient(create_app(settings)) as c:
+        engine = make_engine(settings.resolved_database_url)
+        with session_scope(make_sessionmaker(engine)) as session:
+            _, key = create_key(session, "tester")
+        engine.dispose()
+        c.headers["Authorization"] = f"Bearer {key}"
+        yield c
+
+
+def test_readyz_is_503_naming_the_broken_dependency(client: TestClient) -> None:
+    r = client.get("/readyz")
+    assert r.status_code == 503
+    body = r.json()
+    assert body["error"]["code"] == "not_ready" and "broker" in body["error"]["message"]
+    assert body["checks"]["broker"]["ok"] is False
+    assert body["checks"]["db"]["ok"] and body["checks"]["storage"]["ok"]
+
+
+def test_errors_share_one_shape(client: TestClient) -> None:
+    r = client.get("/no/such/route")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = client.post("/jobs/regenerate", json={"parameters": {}})
+    assert r.status_code == 422
+    assert r.json()["error"] == {
+        "code": "invalid",
+        "field": "dataset_id",
+        "message": r.json()["error"]["message"],
+    }
+    r = client.post("/datasets", content=b"user,item\n", headers={"Content-Type": "text/csv"})
+    assert r.status_code == 415 and r.json()["error"]["field"] == "file"
+    r = client.post("/datasets", files={"other": ("x.csv", b"a,b\n")})
+    assert r.status_code == 422 and "no file part" in r.json()["error"]["message"]
+    r = client.post("/datasets", files={"file": ("empty.csv", b"")})
+    assert r.status_code == 422 and r.json()["error"]["message"] == "the uploaded file is empty"
+
+
+def test_job_submission_fails_cleanly_when_the_broker_is_down(
+    client: TestClient, tmp_path: Path
+) -> None:
+    lines = ["user_id,item_id,timestamp"] + [
+        f"u{u},i{(u * 7 + t * 3) % 12},{t}" for u in range(30) for t in range(8)
+    ]
+    r = client.post("/datasets", files={"file": ("ok.csv", "\n".join(lines).encode())})
+    assert r.status_code == 201, r.text
+    r = client.post("/jobs/regenerate", json={"dataset_id": r.json()["id"]})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
+    failed = client.get("/jobs").json()["items"][0]
+    assert failed["state"] == "failed" and failed["error"]["type"] == "BrokerUnavailable"
