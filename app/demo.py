@@ -107,12 +107,18 @@ def main(argv: list[str] | None = None) -> None:
             if ds.get("validation_job_id"):
                 _poll(client, {"id": ds["validation_job_id"]}, "validate")
                 ds = _check(client.get(f"/datasets/{ds['id']}"), 200)
-            print(f"dataset {ds['id']}: {json.dumps(ds.get('stats', {}).get('after', ds.get('stats', {})))[:300]}")
+            st = ds.get("stats") or {}
+            print(f"dataset {ds['id']}: {st.get('users')} users, {st.get('items')} items, "
+                  f"{st.get('interactions')} interactions after {st.get('user_core')}-core "
+                  f"({st.get('interactions_before')} before)")
 
             regen_params = {"regenerator_epochs": 8, "pretrain_epochs": 15, "profile": "parity"}
             job = _check(client.post("/jobs/regenerate", json={"dataset_id": ds["id"], "parameters": regen_params}), 202)
             job = _poll(client, job, "regenerate")
-            print(f"regeneration {job['id']}: {json.dumps(job.get('result') or {})[:400]}")
+            res = job.get("result") or {}
+            pats = res.get("patterns") or {}
+            print(f"regeneration {job['id']}: {pats.get('patterns')} patterns, {pats.get('pairs')} pairs, "
+                  f"rows {res.get('rows')}, timings {res.get('timings')}")
 
             target = out / "regenerated.jsonl"
             with client.stream("GET", f"/datasets/{ds['id']}/regenerated", params={"format": "jsonl"}) as r:

@@ -60,9 +60,10 @@ def _curves(runs: list[dict]) -> str | None:
     fig, (ax_loss, ax_ndcg) = plt.subplots(1, 2, figsize=(10, 3.6))
     for run in runs:
         label = run.get("label") or run.get("model", "")
-        epochs = [h.get("epoch", i + 1) for i, h in enumerate(run["history"])]
+        # the trainer's history: one dict per epoch (0-based) with the loss and validation metrics
+        epochs = [h.get("epoch", i) + 1 for i, h in enumerate(run["history"])]
         ax_loss.plot(epochs, [h.get("loss", math.nan) for h in run["history"]], label=label)
-        ax_ndcg.plot(epochs, [h.get("valid_ndcg@20", math.nan) for h in run["history"]], label=label)
+        ax_ndcg.plot(epochs, [h.get("ndcg@20", math.nan) for h in run["history"]], label=label)
     ax_loss.set(title="training loss", xlabel="epoch", ylabel="loss")
     ax_ndcg.set(title="validation NDCG@20", xlabel="epoch", ylabel="NDCG@20")
     for ax in (ax_loss, ax_ndcg):
