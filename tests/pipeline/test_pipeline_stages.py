@@ -1,0 +1,134 @@
+"""End-to-end stages of models.pipeline and the CLI on tiny synthetic data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import cli
+from models.data.preprocess import prepare
+from models.data.sequences import RowSource, load_rows
+from models.data.synthetic import generate, write
+from models.pipeline import RegenerationConfig, TrainJobConfig, compare, regenerate, train
+from models.progress import Cancelled, ProgressEvent
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return prepare(generate(num_users=220, num_items=90, num_patterns=15, seed=3).interactions, name="tiny")
+
+
+@pytest.fixture(scope="module")
+def regenerated(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("regen") / "out"
+    config = RegenerationConfig(regenerator_epochs=2, pretrain_epochs=2)
+    return regenerate(dataset, config, out), out
+
+
+def test_regenerate_writes_every_artifact(regenerated):
+    outcome, out = regenerated
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "patterns.npz", "regenerated.npz", "regenerator", "stats.json"]
+    rows = load_rows(out / "regenerated.npz")
+    counts = rows.counts()
+    assert counts == outcome.rows.counts()
+    # parity profile: the original rows appear twice (Q1), every pattern once
+    assert counts["original"] == 2 * outcome.stats["dataset"]["users"]
+    assert counts["pattern"] == outcome.stats["patterns"]["patterns"]
+    assert (rows.seqs.lengths >= 2).all()
+    stats = json.loads((out / "stats.json").read_text())
+    assert {"mine_s", "pairs_s", "pretrain_s", "regenerator_s", "decode_s", "total_s"} <= set(stats["timings"])
+    assert json.loads((out / "config.json").read_text())["regeneration"]["profile"] == "parity"
+
+
+def test_regenerate_cancelled_leaves_nothing(dataset, tmp_path):
+    def cancel_at_regenerator(event: ProgressEvent) -> None:
+        if event.stage.startswith("regenerator"):
+            raise Cancelled()
+
+    out = tmp_path / "cancelled"
+    with pytest.raises(Cancelled):
+        regenerate(dataset, RegenerationConfig(regenerator_epochs=1, pretrain_epochs=1), out, cancel_at_regenerator)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_patterns_only_ablation_uses_patterns_as_regenerated_rows(dataset, tmp_path):
+    outcome = regenerate(dataset, RegenerationConfig(ablation="patterns_only"), tmp_path / "b")
+    regen = outcome.rows.source == RowSource.REGENERATED
+    assert regen.sum() == outcome.stats["patterns"]["patterns"]
+    assert not (outcome.rows.source == RowSource.PATTERN).any()
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [({"alpha": 1}, "alpha"), ({"beta": 0}, "beta"), ({"k_memories": 0}, "k_memories"),
+     ({"profile": "fast"}, "profile"), ({"bogus": 1}, "bogus"), ({"regenerator": {"nope": 1}}, "regenerator.nope")],
+)
+def test_regeneration_config_errors_name_the_field(values, field):
+    with pytest.raises(ValueError, match=rf"^{field}:"):
+        RegenerationConfig.from_dict(values)
+
+
+def test_train_config_rejects_unknown_model():
+    with pytest.raises(ValueError, match=r"^model:"):
+        TrainJobConfig.from_dict({"model": "bert4rec"})
+
+
+def test_train_writes_checkpoint_report_and_topk(dataset, tmp_path):
+    import polars as pl
+
+    from models.training import load_model
+
+    outcome = train(dataset, None, TrainJobConfig(epochs=2, topk=5), tmp_path / "run")
+    out = tmp_path / "run"
+    assert {"model.safetensors", "config.json", "report.json", "report.html", "topk.parquet", "per_user.npz"} <= {
+        p.name for p in out.iterdir()}
+    assert outcome.report["variant"] == "original"
+    model = load_model(out)
+    assert model.num_items == dataset.num_items
+    top = pl.read_parquet(out / "topk.parquet")
+    assert top.height == 5 * dataset.num_users
+    assert set(top["item_id"]) <= set(dataset.item_ids[1:].tolist())
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 1 and "ndcg@20" in html
+
+
+def test_compare_reports_significance_against_original(dataset, regenerated, tmp_path):
+    outcome, _ = regenerated
+    cfg = TrainJobConfig(epochs=1, personalizer={"warmup_epochs": 0, "interval": 3})
+    result = compare(dataset, outcome.rows, ["sasrec"], ["original", "dr4sr", "dr4sr+"], cfg, tmp_path / "cmp")
+    runs = {r["variant"]: r for r in result.report["runs"]}
+    assert set(runs) == {"original", "dr4sr", "dr4sr+"}
+    assert "significance" not in runs["original"]
+    for variant in ("dr4sr", "dr4sr+"):
+        sig = runs[variant]["significance"]
+        assert 0.0 <= sig["t_p"] <= 1.0 or np.isnan(sig["t_p"])
+    assert set(result.report["weights"]) >= {"original", "pattern"}
+    assert (tmp_path / "cmp" / "report.html").exists()
+
+
+def test_cli_regenerate_then_train_end_to_end(tmp_path):
+    log = write(tmp_path / "log.csv", generate(num_users=150, num_items=70, num_patterns=12, seed=5))
+    runner = CliRunner()
+    res = runner.invoke(cli, ["regenerate", str(log), "--out", str(tmp_path / "regen"), "--epochs", "1",
+                              "--pretrain-epochs", "1", "--export", "jsonl"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "regen" / "regenerated.jsonl").exists()
+    res = runner.invoke(cli, ["train", str(log), "--regenerated", str(tmp_path / "regen"), "--epochs", "1",
+                              "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    assert "test metrics" in res.output
+    res = runner.invoke(cli, ["evaluate", str(tmp_path / "run"), str(log), "--out", str(tmp_path / "eval")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["test"]["ndcg@20"] >= 0
+
+
+def test_cli_reports_bad_parameters_without_traceback(tmp_path):
+    log = write(tmp_path / "log.csv", generate(num_users=60, num_items=40, seed=1))
+    res = CliRunner().invoke(cli, ["regenerate", str(log), "--alpha", "1"])
+    assert res.exit_code == 2
+    assert "alpha:" in res.output and "Traceback" not in res.output
