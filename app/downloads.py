@@ -88,7 +88,7 @@ def export_regenerated(services: Services, dataset_id: str, job_id: str, fmt: st
     with tempfile.TemporaryDirectory(dir=services.settings.resolved_work_dir) as tmp:
         out = Path(tmp) / f"regenerated.{fmt}"
         with store.local_file(npz_key) as path:
-            rows = load_rows(path)
+            rows = load_rows(path).without_pad()  # Q12 pad holes have no original id
         with loaded_dataset(store, dataset_id) as dataset:
             write_sequences(out, rows.seqs, dataset, fmt, source=rows.source, user=rows.user)
         stored = store.put_file(out, f"jobs/{job_id}/{name}")

@@ -94,9 +94,10 @@ def register(app: typer.Typer) -> None:
                 outcome = regenerate(dataset, config, out, progress)
             except ValueError as exc:
                 raise _fail(str(exc)) from None
+        exported = outcome.rows.without_pad() if export else None  # Q12 pad holes have no original id
         for fmt_name in export:
-            path = write_sequences(out / f"regenerated.{fmt_name}", outcome.rows.seqs, dataset, fmt_name,
-                                   source=outcome.rows.source, user=outcome.rows.user)
+            path = write_sequences(out / f"regenerated.{fmt_name}", exported.seqs, dataset, fmt_name,
+                                   source=exported.source, user=exported.user)
             typer.echo(f"exported {path}")
         typer.echo(json.dumps({"out": str(out), "rows": outcome.rows.counts(),
                                "timings": outcome.stats.get("timings", {})}, indent=2))

@@ -162,6 +162,22 @@ class TrainRows:
     def counts(self) -> dict[str, int]:
         return {s.label: int((self.source == s).sum()) for s in RowSource}
 
+    def without_pad(self) -> TrainRows:
+        """Rows with the pad id removed, for export in original ids.
+
+        The parity decoder may emit the pad id inside a regenerated row (spec
+        Q12); the trainer treats it as a hole, but it has no original id. Rows
+        left with fewer than two items are dropped.
+        """
+        keep_item = self.seqs.items != 0
+        if keep_item.all():
+            return self
+        row_of = np.repeat(np.arange(len(self)), self.seqs.lengths)
+        lengths = np.bincount(row_of[keep_item], minlength=len(self))
+        seqs = Sequences.from_lengths(self.seqs.items[keep_item], lengths)
+        rows = np.flatnonzero(lengths >= 2)
+        return TrainRows(seqs.take(rows), self.source[rows], self.user[rows])
+
 
 @dataclass(frozen=True)
 class EvalRows:

@@ -132,3 +132,12 @@ def test_cli_reports_bad_parameters_without_traceback(tmp_path):
     res = CliRunner().invoke(cli, ["regenerate", str(log), "--alpha", "1"])
     assert res.exit_code == 2
     assert "alpha:" in res.output and "Traceback" not in res.output
+
+
+def test_without_pad_removes_parity_pad_holes():
+    from models.data.sequences import Sequences, TrainRows
+
+    rows = TrainRows(Sequences.from_lists([[1, 0, 2], [3, 0], [4, 5]]), np.array([2, 2, 0], np.uint8), np.array([1, 2, 3]))
+    clean = rows.without_pad()
+    assert clean.seqs.to_lists() == [[1, 2], [4, 5]]
+    assert clean.user.tolist() == [1, 3] and clean.source.tolist() == [2, 0]
