@@ -370,16 +370,22 @@ def _protocol(cfg: TrainJobConfig, split: Split) -> dict[str, Any]:
     }
 
 
-def _run(dataset, split: Split, rows: TrainRows, cfg: TrainJobConfig, progress: Progress):
+def _run(dataset, split: Split, rows: TrainRows, cfg: TrainJobConfig, progress: Progress,
+         checkpoint_dir: Path | None = None):
+    """Train (plain or DR4SR+); with ``checkpoint_dir`` the trainer checkpoints
+    every epoch there and resumes from a checkpoint it finds (a retried job)."""
     from models.training import train_model
 
+    resume = checkpoint_dir is not None
     if cfg.personalize:
         from models.personalizer import train_personalized
 
         return train_personalized(
-            rows, split.valid, split.test, dataset.num_items, cfg.train_config(), cfg.personalizer_config(), progress
+            rows, split.valid, split.test, dataset.num_items, cfg.train_config(), cfg.personalizer_config(),
+            progress, checkpoint_dir=checkpoint_dir, resume=resume,
         )
-    return train_model(rows, split.valid, split.test, dataset.num_items, cfg.train_config(), progress)
+    return train_model(rows, split.valid, split.test, dataset.num_items, cfg.train_config(), progress,
+                       checkpoint_dir=checkpoint_dir, resume=resume)
 
 
 def _variant_name(rows: TrainRows | None, personalize: bool) -> str:
@@ -396,8 +402,12 @@ def train(
     config: TrainJobConfig | None = None,
     out_dir: Path | str = "trained",
     progress: Progress = no_progress,
+    checkpoint_dir: Path | None = None,
 ) -> TrainOutcome:
     """Train one target model on the original (``rows=None``) or regenerated rows.
+
+    With ``checkpoint_dir``, training state is saved there every epoch and an
+    existing checkpoint is resumed (how a worker continues a crashed job).
 
     Writes ``model.safetensors`` + ``config.json`` (the checkpoint),
     ``report.json`` / ``report.html``, ``topk.parquet`` (top-k per test user in
@@ -412,7 +422,7 @@ def train(
     out_dir = Path(out_dir)
     split = dataset.split(config.max_len)
     train_rows = split.train if rows is None else rows
-    result = _run(dataset, split, train_rows, config, progress)
+    result = _run(dataset, split, train_rows, config, progress, checkpoint_dir)
     variant = _variant_name(rows, config.personalize)
     report = {
         "kind": "train",
