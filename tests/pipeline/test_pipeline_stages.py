@@ -141,3 +141,12 @@ def test_without_pad_removes_parity_pad_holes():
     clean = rows.without_pad()
     assert clean.seqs.to_lists() == [[1, 2], [4, 5]]
     assert clean.user.tolist() == [1, 3] and clean.source.tolist() == [2, 0]
+
+
+def test_no_diversity_ablation_trains_a_single_memory_regenerator(dataset, tmp_path):
+    from models.regenerator import load_regenerator
+
+    outcome = regenerate(dataset, RegenerationConfig(ablation="no_diversity", regenerator_epochs=1, pretrain_epochs=1),
+                         tmp_path / "a")
+    assert load_regenerator(tmp_path / "a" / "regenerator").config.num_memories == 1
+    assert set(outcome.stats["regenerated"].get("rows_per_memory", {})) <= {"0", 0}
