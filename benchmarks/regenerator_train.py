@@ -21,6 +21,7 @@ speedup_interleaved (per batch, same load).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import resource
@@ -36,6 +37,7 @@ from models.data.split import leave_one_out
 from models.patterns import build_pairs, mine_patterns
 from models.progress import ProgressEvent
 from models.regenerator import (
+    PairBatches,
     Regenerator,
     RegeneratorConfig,
     resolve_device,
@@ -91,24 +93,25 @@ def time_interleaved(src: Sequences, tgt: Sequences, n_items: int, config: Regen
     use_native_dropout(ref)  # the released code runs nn.Transformer's dropout kernels
     opts = [torch.optim.Adam(m.parameters(), lr=config.lr, betas=config.betas, eps=config.adam_eps,
                              fused=fused) for m, fused in ((ours, True), (ref, False))]
-    src_tok, src_len = wrap_tokens(src, ours.sos, ours.eos)  # padded to the longest source of the set
-    tgt_tok, tgt_len = wrap_tokens(tgt, ours.sos, ours.eos)
+    src_tok, _ = wrap_tokens(src, ours.sos, ours.eos)  # padded to the longest source of the set
+    tgt_tok, _ = wrap_tokens(tgt, ours.sos, ours.eos)
     tgt20 = np.zeros((len(tgt), 20), dtype=np.int64)  # the reference's max(20, longest) columns
     tgt20[:, : tgt_tok.shape[1]] = tgt_tok
     rng = np.random.default_rng(0)
+    # ours: exactly the batches train_regenerator builds (shared sources included)
+    ours_batches = PairBatches(src, tgt, ours.sos, ours.eos, config.batch_size, config.share_sources, device)
+    stream = itertools.chain.from_iterable(ours_batches.epoch(rng) for _ in itertools.count())
 
     def step(reference: bool) -> float:
-        rows = rng.choice(len(src), size=min(config.batch_size, len(src)), replace=False)
-        if reference:
-            s, t = src_tok[rows], tgt20[rows]
-        else:  # exactly what train_regenerator does with a batch
-            rows = rows[np.argsort(src_len[rows], kind="stable")]
-            s = src_tok[rows, : src_len[rows].max() + 2]
-            t = tgt_tok[rows, : tgt_len[rows].max() + 2]
+        pair_src = None
+        if reference:  # the released code's batch: a random draw of pairs, padded wide
+            rows = rng.choice(len(src), size=min(config.batch_size, len(src)), replace=False)
+            s, t = torch.from_numpy(src_tok[rows]).to(device), torch.from_numpy(tgt20[rows]).to(device)
+        else:
+            s, t, pair_src = next(stream)
         model, opt = (ref, opts[1]) if reference else (ours, opts[0])
         start = time.perf_counter()
-        rec, ent = model.losses(torch.from_numpy(s).to(device), torch.from_numpy(t).to(device), 1.0,
-                                reference=reference)
+        rec, ent = model.losses(s, t, 1.0, reference=reference, pair_src=pair_src)
         opt.zero_grad(set_to_none=True)
         (rec + config.entropy_weight * ent).backward()
         opt.step()

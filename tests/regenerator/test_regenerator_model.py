@@ -11,6 +11,7 @@ from regen_helpers import PLANTED, make_planted, tiny_config
 
 from models.data.sequences import Sequences
 from models.regenerator import (
+    PairBatches,
     Regenerator,
     RegeneratorConfig,
     RegeneratorInputError,
@@ -87,6 +88,69 @@ def test_restricted_loss_equals_full_masked_softmax(mask):
             assert torch.allclose(grads[name][1:], p.grad[1:], atol=1e-8)
         elif p.grad is not None:
             assert torch.allclose(grads[name], p.grad, atol=1e-8), name
+
+
+@pytest.mark.parametrize("mask", ["causal", "none"])
+def test_shared_sources_give_the_per_pair_loss_and_gradients(mask):
+    """Encoding each distinct source once (pair_src) is the same computation
+    as repeating the source for each of its pairs: same loss, same gradients."""
+    torch.manual_seed(0)
+    n = 15
+    model = Regenerator(n, tiny_config(dropout=0.0, encoder_mask_train=mask)).double().train()
+    rng = np.random.default_rng(3)
+    sources = [rng.integers(1, n + 1, size=int(rng.integers(2, 12))).tolist() for _ in range(7)]
+    pair_src, pats = [], []
+    for i, row in enumerate(sources):
+        for _ in range(int(rng.integers(1, 4))):  # 1-3 patterns per source
+            keep = np.sort(rng.choice(len(row), size=int(rng.integers(1, min(4, len(row)) + 1)), replace=False))
+            pair_src.append(i)
+            pats.append([row[j] for j in keep])
+    rows = Sequences.from_lists(sources)
+    order = np.argsort(rows.lengths[pair_src], kind="stable")  # pairs sorted by source length
+    pair_src = np.asarray(pair_src)[order]
+    pats = [pats[j] for j in order]
+    src, tgt = _batch(n, sources, pats, model.sos, model.eos)
+    losses = []
+    grads = []
+    for shared in (True, False):
+        model.zero_grad()
+        torch.manual_seed(5)
+        if shared:
+            rec, ent = model.losses(src, tgt, 0.7, groups=3, pair_src=torch.from_numpy(pair_src))
+        else:
+            rec, ent = model.losses(src[torch.from_numpy(pair_src)], tgt, 0.7, groups=3)
+        (rec + ent).backward()
+        losses.append((rec.item(), ent.item()))
+        grads.append({k: q.grad.clone() for k, q in model.named_parameters() if q.grad is not None})
+    assert losses[0] == pytest.approx(losses[1], abs=1e-10)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-10), name
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_pair_batches_cover_every_pair_once_per_epoch(share):
+    rng = np.random.default_rng(0)
+    sources = [rng.integers(1, 30, size=int(rng.integers(2, 9))).tolist() for _ in range(40)]
+    src_rows = [sources[int(i)] for i in rng.integers(0, 40, size=150)]  # sources repeat
+    tgt_rows = [row[:2] for row in src_rows]
+    batches = PairBatches(Sequences.from_lists(src_rows), Sequences.from_lists(tgt_rows), 31, 32, 16,
+                          share, torch.device("cpu"))
+    seen = []
+    for src, tgt, pair_src in batches.epoch(np.random.default_rng(1)):
+        assert len(tgt) <= 16
+        full = src if pair_src is None else src[pair_src]
+        assert len(full) == len(tgt)
+        if pair_src is not None:  # each distinct source once, sorted by length
+            assert len({tuple(r.tolist()) for r in src}) == len(src)
+            assert torch.all((src != 0).sum(1).diff() >= 0)
+        assert torch.all((full != 0).sum(1).diff() >= 0)
+        for s_row, t_row in zip(full.tolist(), tgt.tolist(), strict=True):
+            s_items = [x for x in s_row if 0 < x < 31]
+            t_items = [x for x in t_row if 0 < x < 31]
+            seen.append((tuple(s_items), tuple(t_items)))
+    assert len(batches) == 10
+    assert sorted(seen) == sorted((tuple(s), tuple(t)) for s, t in zip(src_rows, tgt_rows, strict=True))
 
 
 def test_causal_and_bidirectional_encoders_differ():
