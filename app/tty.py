@@ -3,8 +3,8 @@
 On a terminal: tqdm bars, one per stage; a new stage closes the previous bar.
 Elsewhere (a pipe, a log file, CI): plain timestamped lines, so a long run
 that is logged still shows where it is: one line when a stage starts, when
-an epoch ends, when a stage finishes, and otherwise at most one every
-``interval_s`` seconds. ``DR4SR_PROGRESS=bars|lines|off`` overrides the choice.
+an epoch ends or is validated, when a stage finishes, and otherwise at
+most one every ``interval_s`` seconds. ``DR4SR_PROGRESS=bars|lines|off`` overrides the choice.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class TerminalProgress:
         self._epoch: int | None = None
         self._last_line = 0.0
         self._stage_started = 0.0
+        self._seen: set[str] = set()
 
     @property
     def enabled(self) -> bool:
@@ -61,10 +62,15 @@ class TerminalProgress:
         now = time.monotonic()
         new_stage = event.stage != self._stage
         if new_stage:
+            # a stage that comes back (training after each validation) is not announced again
+            first_time = event.stage not in self._seen
+            self._seen.add(event.stage)
             self._stage, self._epoch, self._stage_started = event.stage, None, now
         epoch_ended = event.epoch is not None and self._epoch is not None and event.epoch != self._epoch
         finished = event.total is not None and event.done >= event.total
-        if not (new_stage or epoch_ended or finished or now - self._last_line >= self.interval_s):
+        announce = new_stage and first_time
+        validation = event.stage.endswith("valid")  # one event per epoch, with the metrics
+        if not (announce or validation or epoch_ended or finished or now - self._last_line >= self.interval_s):
             self._epoch = event.epoch if event.epoch is not None else self._epoch
             return
         self._epoch = event.epoch if event.epoch is not None else self._epoch
@@ -77,7 +83,7 @@ class TerminalProgress:
         if event.epoch is not None:
             parts.append(f"epoch {event.epoch}")
         parts += [f"{k}={v}" for k, v in _metrics(event).items()]
-        if finished or not new_stage:
+        if finished or not announce:
             parts.append(f"[{now - self._stage_started:.0f}s]")
         if event.message:
             parts.append(event.message)

@@ -71,6 +71,11 @@ def main() -> None:
         if args.regenerated:
             rows = load_rows(args.regenerated / "regenerated.npz")
             regen_stats = json.loads((args.regenerated / "stats.json").read_text())
+            # the profile (and ablation) the folder was made with, not the flag's default
+            made_with = json.loads((args.regenerated / "config.json").read_text())["regeneration"]
+            args.profile = made_with["profile"]
+            if args.ablation == "none" and made_with.get("ablation"):
+                args.ablation = made_with["ablation"]
         else:
             ablation = args.ablation if args.ablation in ("no_diversity", "patterns_only") else None
             config = RegenerationConfig(

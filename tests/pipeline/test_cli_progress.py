@@ -36,3 +36,16 @@ def test_mode_from_environment(monkeypatch):
     monkeypatch.setenv("DR4SR_PROGRESS", "sometimes")
     with pytest.raises(ValueError, match="DR4SR_PROGRESS"):
         TerminalProgress(stream=out)
+
+
+def test_lines_mode_does_not_reannounce_a_returning_stage():
+    out = io.StringIO()
+    progress = TerminalProgress(stream=out, interval_s=3600)
+    for epoch in range(3):  # a trainer: batches, then one validation event per epoch
+        for batch in range(1, 11):
+            progress(ProgressEvent("pretrain", batch, 10, epoch=epoch))
+        progress(ProgressEvent("pretrain:valid", epoch + 1, 3, epoch=epoch, metrics={"ndcg@20": 0.01}))
+    lines = out.getvalue().splitlines()
+    # first start line, then per epoch: training finished + validation
+    assert len(lines) == 1 + 3 * 2, lines
+    assert sum("pretrain 1/10" in line for line in lines) == 1
