@@ -43,7 +43,7 @@ def test_prepare_json_and_column_options(tmp_path):
          "--user-core", "3", "--item-core", "3", "--max-len", "20", "--json"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    stats = json.loads(result.output)
+    stats = json.loads(result.stdout)  # progress lines go to stderr
     assert (stats["users"], stats["items"], stats["max_len"], stats["user_core"]) == (8, 6, 20, 3)
 
 

@@ -43,7 +43,7 @@ def test_mine_json_matches_the_library(tmp_path: Path) -> None:
         make_cli(), ["mine", str(path), "--alpha", "3", "--max-pairs", "3", "--json"]
     )
     assert result.exit_code == 0, result.output
-    stats = json.loads(result.output.strip().splitlines()[-1])
+    stats = json.loads(result.stdout.strip().splitlines()[-1])
     split = leave_one_out(Sequences.from_lists(rows))
     patterns = mine_patterns(split.mining, alpha=3, beta=2)
     pairs = build_pairs(split.pair_source, patterns, max_per_source=3)
