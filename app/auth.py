@@ -11,6 +11,9 @@ import hashlib
 import hmac
 import os
 import secrets
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
@@ -81,3 +84,45 @@ def ensure_local_key(session: Session, key_file: Path, principal_name: str = "lo
         f.write(key + "\n")
     tmp.replace(key_file)
     return key
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the principal's id and name, detached from any session."""
+
+    id: int
+    name: str
+
+
+class CallerCache:
+    """Recently authenticated keys, by digest, for ``ttl_s`` seconds.
+
+    Every request would otherwise pay two queries and a commit before its own
+    work. A revoked key stays usable for at most ``ttl_s`` seconds in a
+    process that saw it just before; ``ttl_s=0`` turns the cache off."""
+
+    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[float, Caller]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> Caller | None:
+        if self.ttl_s <= 0:
+            return None
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is None:
+                return None
+            if entry[0] < time.monotonic():
+                del self._entries[digest]
+                return None
+            return entry[1]
+
+    def put(self, digest: str, caller: Caller) -> None:
+        if self.ttl_s <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()  # crude but bounded: refilled on the next requests
+            self._entries[digest] = (time.monotonic() + self.ttl_s, caller)

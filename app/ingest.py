@@ -26,6 +26,7 @@ from app.errors import Invalid
 from app.jobs import submit
 from app.orm import Artifact, Dataset, new_id
 from app.storage import StoredObject
+from app.upload_checks import ContentLimits, check_upload
 from app.uploads import ReceivedUpload
 
 
@@ -204,6 +205,11 @@ async def ingest(
     filename = safe_filename(upload.filename)
     options = opts.model_dump(exclude_none=True, exclude={"name"})
     name = opts.name or filename
+    settings = services.settings
+    limits = ContentLimits(
+        settings.max_decompressed_bytes, settings.max_compression_ratio, settings.max_line_bytes
+    )
+    await run_in_threadpool(check_upload, upload.path, limits, filename)
     if upload.size > services.settings.sync_validation_max_bytes:
         return await run_in_threadpool(
             _store_pending, services, owner_id, upload, filename, options, name

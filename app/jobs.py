@@ -3,14 +3,16 @@ and render a row as the API's :class:`app.schemas.JobOut`."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
+from app.auth import Caller
 from app.datasets import mark_invalid
-from app.errors import Conflict, Invalid, NotFound, Unavailable
+from app.errors import Conflict, Invalid, NotFound, TooLarge, TooManyRequests, Unavailable
 from app.jobstate import TASK_NAMES, overall_fraction, queue_for, stage_fraction
 from app.orm import ACTIVE_STATES, Artifact, Dataset, Job, Principal, utcnow
 from app.schemas import JobOut, JobProgress, StageProgress
@@ -27,19 +29,45 @@ RESULT_LINKS = {
 }
 
 
+def is_id(value: str | None) -> bool:
+    """Whether ``value`` is an id this service could have issued (a canonical
+    UUID). Anything else names nothing, so it is answered without a query:
+    a NUL byte or a path never reaches the database or a storage key."""
+    if not value or len(value) != 36:
+        return False
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+# Built once: constructing a SELECT and its cache key on every request costs
+# more than running it. (The polled reads have their own, in app.reads.)
+_OWNED_DATASET = select(Dataset).where(
+    Dataset.id == bindparam("id"), Dataset.owner_id == bindparam("owner")
+)
+_OWNED_DATASET_LOCKED = _OWNED_DATASET.with_for_update()
+_OWNED_JOB = select(Job).where(Job.id == bindparam("id"), Job.owner_id == bindparam("owner"))
+_ARTIFACT_KINDS = (
+    select(Artifact.job_id, Artifact.kind)
+    .where(Artifact.job_id.in_(bindparam("ids", expanding=True)))
+    .distinct()
+)
+
+
 def owned_dataset(
-    session: Session, principal: Principal, dataset_id: str, *, lock: bool = False
+    session: Session, principal: Caller, dataset_id: str, *, lock: bool = False
 ) -> Dataset:
-    query = select(Dataset).where(Dataset.id == dataset_id, Dataset.owner_id == principal.id)
-    if lock:
-        query = query.with_for_update()
-    ds = session.scalar(query)
+    if not is_id(dataset_id):
+        raise NotFound(f"no dataset {dataset_id}", field="dataset_id")
+    query = _OWNED_DATASET_LOCKED if lock else _OWNED_DATASET
+    ds = session.scalar(query, {"id": dataset_id, "owner": principal.id})
     if ds is None:
         raise NotFound(f"no dataset {dataset_id}", field="dataset_id")
     return ds
 
 
-def ready_dataset(session: Session, principal: Principal, dataset_id: str) -> Dataset:
+def ready_dataset(session: Session, principal: Caller, dataset_id: str) -> Dataset:
     ds = owned_dataset(session, principal, dataset_id, lock=True)
     if ds.status != "ready":
         raise Conflict(
@@ -49,19 +77,23 @@ def ready_dataset(session: Session, principal: Principal, dataset_id: str) -> Da
     return ds
 
 
-def owned_job(session: Session, principal: Principal, job_id: str) -> Job:
-    job = session.scalar(select(Job).where(Job.id == job_id, Job.owner_id == principal.id))
+def owned_job(session: Session, principal: Caller, job_id: str) -> Job:
+    if not is_id(job_id):
+        raise NotFound(f"no job {job_id}")
+    job = session.scalar(_OWNED_JOB, {"id": job_id, "owner": principal.id})
     if job is None:
         raise NotFound(f"no job {job_id}")
     return job
 
 
 def regeneration_for(
-    session: Session, principal: Principal, dataset: Dataset, job_id: str | None
+    session: Session, principal: Caller, dataset: Dataset, job_id: str | None
 ) -> Job:
     """The given successful regeneration of ``dataset``, or its latest one."""
     if job_id is not None:
-        job = session.scalar(select(Job).where(Job.id == job_id, Job.owner_id == principal.id))
+        job = None
+        if is_id(job_id):
+            job = session.scalar(_OWNED_JOB, {"id": job_id, "owner": principal.id})
         if job is None or job.kind != "regenerate" or job.dataset_id != dataset.id:
             raise NotFound(
                 f"no regeneration job {job_id} for dataset {dataset.id}",
@@ -88,6 +120,62 @@ def regeneration_for(
     return job
 
 
+# The kinds a principal submits; validation jobs follow uploads and are
+# bounded by the storage quota instead.
+LIMITED_KINDS = ("regenerate", "train", "compare")
+
+
+def stored_bytes(session: Session, owner_id: int) -> int:
+    """Bytes of every stored file (uploads, prepared data, job results) of a principal."""
+    of_datasets = (
+        select(func.coalesce(func.sum(Artifact.size), 0))
+        .join(Dataset, Artifact.dataset_id == Dataset.id)
+        .where(Dataset.owner_id == owner_id)
+    )
+    of_jobs = (
+        select(func.coalesce(func.sum(Artifact.size), 0))
+        .join(Job, Artifact.job_id == Job.id)
+        .where(Job.owner_id == owner_id)
+    )
+    return int(session.scalar(of_datasets) or 0) + int(session.scalar(of_jobs) or 0)
+
+
+def upload_allowance(session: Session, settings: Settings, owner_id: int) -> tuple[int, str]:
+    """The largest upload this principal may send now, and how to describe
+    that limit in a 413. Raises 413 when the storage quota is used up."""
+    quota = settings.max_stored_bytes_per_principal
+    used = stored_bytes(session, owner_id)
+    remaining = quota - used
+    if remaining <= 0:
+        raise TooLarge(
+            f"storage quota exceeded: {used} of {quota} bytes used; delete datasets to free space",
+            field="file",
+            code="quota_exceeded",
+        )
+    if remaining < settings.max_upload_bytes:
+        return remaining, f"the remaining storage quota of {remaining} bytes (of {quota})"
+    return settings.max_upload_bytes, f"the maximum size of {settings.max_upload_bytes} bytes"
+
+
+def check_active_jobs(session: Session, settings: Settings, owner_id: int) -> None:
+    """429 when the principal already has the allowed number of active jobs.
+    The principal's row is locked until the caller commits, so two concurrent
+    submissions cannot both take the last slot (PostgreSQL; SQLite serialises
+    writers anyway)."""
+    session.execute(select(Principal.id).where(Principal.id == owner_id).with_for_update())
+    limit = settings.max_active_jobs_per_principal
+    active = count_jobs(
+        session,
+        [Job.owner_id == owner_id, Job.kind.in_(LIMITED_KINDS), Job.state.in_(ACTIVE_STATES)],
+    )
+    if active >= limit:
+        raise TooManyRequests(
+            f"{active} jobs are already queued or running (limit {limit} per principal); "
+            "wait for one to finish or cancel one",
+            headers={"Retry-After": "30"},
+        )
+
+
 def device_of(parameters: dict[str, Any]) -> str:
     device = parameters.get("device", "auto")
     if device not in ("auto", "cpu", "cuda"):
@@ -109,6 +197,8 @@ def submit(
 ) -> Job:
     """Insert a queued job, commit, and enqueue its task by name."""
     queue = queue_for(device, settings.auto_device_queue)
+    if kind in LIMITED_KINDS:
+        check_active_jobs(session, settings, owner_id)
     job = Job(
         owner_id=owner_id,
         dataset_id=dataset_id,
@@ -211,8 +301,6 @@ def render(job: Job, artifact_kinds: set[str]) -> JobOut:
 def artifact_kinds(session: Session, job_ids: list[str]) -> dict[str, set[str]]:
     kinds: dict[str, set[str]] = {j: set() for j in job_ids}
     if job_ids:
-        for job_id, kind in session.execute(
-            select(Artifact.job_id, Artifact.kind).where(Artifact.job_id.in_(job_ids)).distinct()
-        ):
+        for job_id, kind in session.execute(_ARTIFACT_KINDS, {"ids": job_ids}):
             kinds[job_id].add(kind)
     return kinds

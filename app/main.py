@@ -7,17 +7,25 @@ applies the Alembic migrations at start-up.
 
 from __future__ import annotations
 
+import gc
+import importlib
 import logging
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
+from anyio import to_thread
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from app import migrate
+from app import migrate, reads
+from app.auth import CallerCache
 from app.db import make_engine, make_sessionmaker
 from app.deps import Services
-from app.errors import install_error_handlers
+from app.errors import ErrorResponse, install_error_handlers
 from app.routers import datasets, health, jobs
 from app.settings import Settings, get_settings
 from app.storage import ArtifactStore
@@ -40,15 +48,62 @@ personalizer). Long work runs as jobs: poll `GET /jobs/{id}` for state and progr
 """
 
 
+# An upload's temporary file untouched for this long belongs to a request
+# that died with its process (each received chunk refreshes the mtime).
+STALE_UPLOAD_S = 3600.0
+
+
+def remove_stale_uploads(folder: Path, older_than_s: float = STALE_UPLOAD_S) -> int:
+    """Delete temporary upload files left by an API process that was killed."""
+    if not folder.is_dir():
+        return 0
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for path in folder.glob("upload-*"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:  # another API process cleaned it meanwhile
+            continue
+    if removed:
+        log.warning("removed %d stale upload file(s) from %s", removed, folder)
+    return removed
+
+
+def _warm_up() -> None:
+    """Import what job submission validates with (the regenerator's config
+    lives beside its torch model) in the background, so the first
+    POST /jobs/* after a start does not wait ~4 s for torch."""
+    try:
+        for name in ("models.pipeline", "models.regenerator", "models.training", "models.data"):
+            importlib.import_module(name)
+    except Exception:  # the request that needs it will raise the real error
+        log.warning("warm-up import failed", exc_info=True)
+    # Those imports leave ~10^6 long-lived objects (torch's among them); every
+    # full collection would walk them all, pausing requests for 100+ ms.
+    # Frozen, they are never scanned again.
+    gc.collect()
+    gc.freeze()
+
+
 def build_services(settings: Settings) -> Services:
-    engine = make_engine(settings.resolved_database_url)
+    engine = make_engine(
+        settings.resolved_database_url,
+        application_name="dr4sr-api",
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+    )
     settings.resolved_work_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_uploads(settings.resolved_work_dir / "uploads")
     return Services(
         settings=settings,
         engine=engine,
         sessions=make_sessionmaker(engine),
+        reader=reads.reader(engine),
         store=ArtifactStore(settings.resolved_storage_url),
         celery=make_celery(settings),
+        callers=CallerCache(settings.auth_cache_s),
     )
 
 
@@ -59,8 +114,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.migrate_on_start:
             await run_in_threadpool(migrate.upgrade, settings.resolved_database_url)
+        # Every sync endpoint and run_in_threadpool call shares this limiter.
+        to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
         services = build_services(settings)
         app.state.services = services
+        threading.Thread(target=_warm_up, name="import-warm-up", daemon=True).start()
         try:
             yield
         finally:
@@ -81,4 +139,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(datasets.router)
     app.include_router(jobs.router)
+    _document_error_shape(app)
     return app
+
+
+def _document_error_shape(app: FastAPI) -> None:
+    """FastAPI documents request-validation failures with its own
+    ``HTTPValidationError`` body; this API answers them with the common error
+    shape, so the schema is rewritten to say so (clients and fuzzers check
+    responses against it)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name in ("ErrorBody", "ErrorResponse"):
+            if name not in components:
+                defs = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(defs.pop("$defs", {}))
+                components["ErrorResponse"] = defs
+        ref = {"$ref": "#/components/schemas/ErrorResponse"}
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                for status, response in operation.get("responses", {}).items():
+                    content = response.get("content", {}).get("application/json", {})
+                    if content.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
+                        content["schema"] = dict(ref)
+                        if status == "422":
+                            response["description"] = "The request is invalid."
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.responses import Response
 
 EXPORT_FORMATS = ("parquet", "jsonl", "csv", "inter", "txt")
 ExportFormat = Literal["parquet", "jsonl", "csv", "inter", "txt"]
@@ -185,3 +186,13 @@ class JobOut(BaseModel):
 class JobList(BaseModel):
     items: list[JobOut]
     total: int
+
+
+def as_response(model: BaseModel, status_code: int = 200) -> Response:
+    """``model`` as a finished JSON response. Returning a Response skips
+    FastAPI's second validation of the body against ``response_model``, which
+    it runs in the shared thread pool *after* the endpoint, while the
+    request's database connection is still checked out; under load, endpoint
+    threads waiting for connections could then starve the very step that
+    releases them. (The route's ``response_model`` still documents it.)"""
+    return Response(model.model_dump_json(), status_code, media_type="application/json")

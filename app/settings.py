@@ -41,6 +41,9 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    api_workers: int = Field(
+        1, ge=1, description="`dr4sr api` processes sharing the port (about one per core)."
+    )
     migrate_on_start: bool = True
 
     max_upload_bytes: int = Field(1024 * MiB, gt=0, description="Uploads above this get 413.")
@@ -51,6 +54,50 @@ class Settings(BaseSettings):
         "larger ones by a validation job.",
     )
     upload_chunk_bytes: int = Field(1 * MiB, gt=0)
+    max_decompressed_bytes: int = Field(
+        4 * 1024 * MiB,
+        gt=0,
+        description="A gzipped upload (or a Parquet file's data) may expand to at most this.",
+    )
+    max_compression_ratio: float = Field(
+        100.0,
+        gt=1,
+        description="Gzip/Parquet data expanding more than this many times its stored size is "
+        "refused as a decompression bomb (checked once it exceeds 16 MiB).",
+    )
+    max_line_bytes: int = Field(
+        1 * MiB, gt=0, description="Text uploads with a longer line are refused (422)."
+    )
+
+    # Per-principal resource limits.
+    max_active_jobs_per_principal: int = Field(
+        8, ge=1, description="Queued + running regenerate/train/compare jobs; beyond it 429."
+    )
+    max_stored_bytes_per_principal: int = Field(
+        100 * 1024 * MiB,
+        gt=0,
+        description="Bytes stored for a principal (uploads and results); uploads beyond it 413.",
+    )
+
+    auth_cache_s: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds an authenticated key is remembered per API process (0: off); "
+        "a revoked key keeps working for at most this long.",
+    )
+    request_threads: int = Field(
+        20,
+        ge=1,
+        description="Threads running the API's blocking work (database calls); more requests "
+        "wait in the event loop.",
+    )
+    db_pool_size: int = Field(
+        24,
+        ge=1,
+        description="PostgreSQL connections kept open per API process: at least request_threads, "
+        "so a busy API never opens and closes connections per request.",
+    )
+    db_max_overflow: int = Field(8, ge=0, description="Extra connections allowed at peaks.")
 
     # Ordering enforced below: a message must stay invisible longer than the
     # hard limit, or the broker would hand a still-running job to a second worker.
@@ -69,6 +116,18 @@ class Settings(BaseSettings):
     )
     worker_queues: str = "cpu,gpu"
     broker_polling_interval_s: float = Field(0.5, gt=0, description="Embedded transport polling.")
+    checkpoint_sync_interval_s: float = Field(
+        30.0,
+        ge=0,
+        description="A training job copies its resumable checkpoint to the artifact store at "
+        "most this often (0: every epoch), so a redelivered job resumes instead of restarting.",
+    )
+    requeue_queued_after_s: float = Field(
+        1800.0,
+        gt=0,
+        description="A job still queued after this long is enqueued again (a lost broker "
+        "message must not strand it; duplicates are turned away by the lease).",
+    )
 
     @model_validator(mode="after")
     def _limits_are_ordered(self) -> Settings:

@@ -28,7 +28,11 @@ CHUNK = 1024 * 1024
 
 
 class StorageError(RuntimeError):
-    """A storage operation failed (missing key, unreachable store)."""
+    """A storage operation failed (missing key, unreachable store, disk full)."""
+
+
+class ObjectMissing(StorageError):
+    """A key that should exist does not."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,13 @@ def file_digest(path: Path) -> tuple[int, str]:
             h.update(chunk)
             size += len(chunk)
     return size, h.hexdigest()
+
+
+def _reason(exc: OSError) -> str:
+    """The OS's reason without the file names (which are server-side paths)."""
+    if exc.errno is not None and exc.strerror:
+        return f"[Errno {exc.errno}] {exc.strerror}"
+    return str(exc) or type(exc).__name__
 
 
 def _check_key(key: str) -> str:
@@ -90,6 +101,9 @@ class ArtifactStore:
                 os.replace(tmp, final)
             else:
                 self.fs.mv(tmp, final)
+        except OSError as exc:
+            self._remove_quietly(tmp)
+            raise StorageError(f"could not store {key!r}: {_reason(exc)}") from exc
         except BaseException:
             self._remove_quietly(tmp)
             raise
@@ -105,6 +119,7 @@ class ArtifactStore:
         staging = f"{final}.tmp-{uuid.uuid4().hex}"
         files = sorted(p for p in Path(local_dir).rglob("*") if p.is_file())
         stored: list[StoredObject] = []
+        rel = ""
         try:
             self.fs.makedirs(staging, exist_ok=True)
             for p in files:
@@ -116,6 +131,10 @@ class ArtifactStore:
                 key = f"{prefix}/{rel}"
                 stored.append(StoredObject(key, self.uri(key), size, digest))
             self._swap_in(staging, final)
+        except OSError as exc:
+            self._remove_quietly(staging)
+            where = f"{prefix}/{rel}" if rel else prefix
+            raise StorageError(f"could not store {where!r}: {_reason(exc)}") from exc
         except BaseException:
             self._remove_quietly(staging)
             raise
@@ -143,13 +162,13 @@ class ArtifactStore:
         try:
             return int(self.fs.size(self.path(key)))
         except FileNotFoundError as exc:
-            raise StorageError(f"no stored object {key!r}") from exc
+            raise ObjectMissing(f"no stored object {key!r}") from exc
 
     def open(self, key: str) -> BinaryIO:
         try:
             return self.fs.open(self.path(key), "rb")
         except FileNotFoundError as exc:
-            raise StorageError(f"no stored object {key!r}") from exc
+            raise ObjectMissing(f"no stored object {key!r}") from exc
 
     def iter_bytes(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
         with self.open(key) as f:
@@ -171,7 +190,7 @@ class ArtifactStore:
         if self.is_local:
             path = Path(self.path(key))
             if not path.is_file():
-                raise StorageError(f"no stored object {key!r}")
+                raise ObjectMissing(f"no stored object {key!r}")
             yield path
             return
         with tempfile.TemporaryDirectory(prefix="dr4sr-fetch-") as tmp:
@@ -179,7 +198,7 @@ class ArtifactStore:
             try:
                 self.fs.get_file(self.path(key), str(target))
             except FileNotFoundError as exc:
-                raise StorageError(f"no stored object {key!r}") from exc
+                raise ObjectMissing(f"no stored object {key!r}") from exc
             yield target
 
     @contextmanager
@@ -188,12 +207,12 @@ class ArtifactStore:
         if self.is_local:
             path = Path(self.path(prefix))
             if not path.is_dir():
-                raise StorageError(f"no stored folder {prefix!r}")
+                raise ObjectMissing(f"no stored folder {prefix!r}")
             yield path
             return
         keys = self.list(prefix)
         if not keys:
-            raise StorageError(f"no stored folder {prefix!r}")
+            raise ObjectMissing(f"no stored folder {prefix!r}")
         with tempfile.TemporaryDirectory(prefix="dr4sr-fetch-") as tmp:
             for key in keys:
                 target = Path(tmp) / PurePosixPath(key).relative_to(prefix)

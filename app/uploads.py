@@ -57,9 +57,10 @@ def _disposition(value: bytes) -> tuple[str | None, str | None]:
 
 
 class _Receiver:
-    def __init__(self, out: IO[bytes], max_bytes: int, file_field: str) -> None:
+    def __init__(self, out: IO[bytes], max_bytes: int, file_field: str, limit_text: str) -> None:
         self.out = out
         self.max_bytes = max_bytes
+        self.limit_text = limit_text
         self.file_field = file_field
         self.digest = hashlib.sha256()
         self.size = 0
@@ -115,10 +116,7 @@ class _Receiver:
             self.size += len(chunk)
             if self.size > self.max_bytes:
                 raise _Stop(
-                    TooLarge(
-                        f"the upload exceeds the maximum size of {self.max_bytes} bytes",
-                        field=self.file_field,
-                    )
+                    TooLarge(f"the upload exceeds {self.limit_text}", field=self.file_field)
                 )
             self.digest.update(chunk)
             self.out.write(chunk)
@@ -138,10 +136,16 @@ class _Receiver:
 
 
 async def receive_upload(
-    request: Request, tmp_dir: Path, max_bytes: int, file_field: str = "file"
+    request: Request,
+    tmp_dir: Path,
+    max_bytes: int,
+    file_field: str = "file",
+    limit_description: str | None = None,
 ) -> ReceivedUpload:
     """Stream the multipart body of ``request`` to a temporary file under
-    ``tmp_dir``. Raises 413/415/422 :class:`ApiError` s; on error nothing is kept."""
+    ``tmp_dir``. Raises 413/415/422 :class:`ApiError` s; on error nothing is kept.
+    ``limit_description`` names ``max_bytes`` in the 413 (e.g. a storage quota)."""
+    limit_text = limit_description or f"the maximum size of {max_bytes} bytes"
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         raise ApiError(
@@ -152,17 +156,14 @@ async def receive_upload(
         )
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes + FRAMING_ALLOWANCE:
-        raise TooLarge(
-            f"the upload ({declared} bytes) exceeds the maximum size of {max_bytes} bytes",
-            field=file_field,
-        )
+        raise TooLarge(f"the upload ({declared} bytes) exceeds {limit_text}", field=file_field)
 
     tmp_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="upload-")
     path = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:
-            receiver = _Receiver(out, max_bytes, file_field)
+            receiver = _Receiver(out, max_bytes, file_field, limit_text)
             parser = MultipartParser(params[b"boundary"], receiver.callbacks())
             try:
                 async for chunk in request.stream():

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, func, or_, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import make_engine, make_sessionmaker, session_scope
@@ -37,6 +38,25 @@ log = logging.getLogger(__name__)
 
 # Exit status of a worker killed by its own hard-time-limit watchdog.
 HARD_LIMIT_EXIT = 70
+# A job-row write that meets a dropped connection (database restart,
+# pg_terminate_backend) is retried on a fresh one before the attempt is given up.
+DB_RETRIES = 4
+DB_RETRY_BACKOFF_S = 0.25
+
+
+def with_db_retry(fn: Callable[[], Any], what: str) -> Any:
+    """Run the transaction ``fn`` again after a connection-level failure.
+    Every caller's transaction is idempotent or guarded by the lease owner,
+    so replaying one whose commit was lost in transit changes nothing."""
+    for attempt in range(DB_RETRIES):
+        try:
+            return fn()
+        except (OperationalError, InterfaceError) as exc:
+            if attempt == DB_RETRIES - 1:
+                raise
+            log.warning("%s: database error, retrying: %s", what, exc)
+            time.sleep(DB_RETRY_BACKOFF_S * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 class LeaseLost(Exception):
@@ -63,7 +83,13 @@ def get_context() -> WorkerContext:
     with _context_lock:
         if _context is None:
             settings = get_settings()
-            engine = make_engine(settings.resolved_database_url)
+            # few connections: one job thread, its heartbeat and the recovery scan
+            engine = make_engine(
+                settings.resolved_database_url,
+                application_name="dr4sr-worker",
+                pool_size=3,
+                max_overflow=5,
+            )
             _context = WorkerContext(
                 settings, make_sessionmaker(engine), ArtifactStore(settings.resolved_storage_url)
             )
@@ -122,9 +148,20 @@ class JobRun:
     def stage(self) -> str | None:
         return self._stage
 
+    @property
+    def lease_lost(self) -> bool:
+        """Whether the heartbeat found the lease taken by another delivery."""
+        return self._lost.is_set()
+
     # -- claim -----------------------------------------------------------------
     def claim(self) -> ClaimedJob | None:
         """Take the lease, or return None when this delivery must not run."""
+        job = with_db_retry(self._claim_once, f"job {self.job_id}: claim")
+        if job is not None:
+            self._start_threads()
+        return job
+
+    def _claim_once(self) -> ClaimedJob | None:
         s = self.ctx.settings
         now = utcnow()
         with session_scope(self.ctx.sessions) as session:
@@ -185,7 +222,6 @@ class JobRun:
                 attempts,
                 max_attempts,
             )
-        self._start_threads()
         return self.job
 
     def _start_threads(self) -> None:
@@ -267,13 +303,18 @@ class JobRun:
                 raise Cancelled(f"job {self.job_id} was cancelled")
 
     def _write_progress(self) -> None:
-        with session_scope(self.ctx.sessions) as session:
-            row = session.execute(
-                update(Job)
-                .where(Job.id == self.job_id, Job.lease_owner == self.owner, Job.state == "running")
-                .values(progress=self._doc, stage=self._stage, updated_at=utcnow())
-                .returning(Job.cancel_requested)
-            ).one_or_none()
+        def write() -> Any:
+            with session_scope(self.ctx.sessions) as session:
+                return session.execute(
+                    update(Job)
+                    .where(
+                        Job.id == self.job_id, Job.lease_owner == self.owner, Job.state == "running"
+                    )
+                    .values(progress=self._doc, stage=self._stage, updated_at=utcnow())
+                    .returning(Job.cancel_requested)
+                ).one_or_none()
+
+        row = with_db_retry(write, f"job {self.job_id}: progress")
         if row is None:
             self._lost.set()
             raise LeaseLost(f"job {self.job_id} was taken over by another worker")
@@ -330,62 +371,76 @@ class JobRun:
         result in one transaction; False when the lease was lost meanwhile."""
         self._stop_threads()
         prefix = f"jobs/{self.job_id}/"
-        with session_scope(self.ctx.sessions) as session:
-            session.execute(delete(Artifact).where(Artifact.job_id == self.job_id))
-            for kind, obj in stored:
-                session.add(
-                    Artifact(
-                        job_id=self.job_id,
-                        kind=kind,
-                        name=obj.key.removeprefix(prefix),
-                        format=Path(obj.key).suffix.lstrip(".") or None,
-                        uri=obj.uri,
-                        size=obj.size,
-                        sha256=obj.sha256,
+
+        def record() -> bool:
+            with session_scope(self.ctx.sessions) as session:
+                session.execute(delete(Artifact).where(Artifact.job_id == self.job_id))
+                for kind, obj in stored:
+                    session.add(
+                        Artifact(
+                            job_id=self.job_id,
+                            kind=kind,
+                            name=obj.key.removeprefix(prefix),
+                            format=Path(obj.key).suffix.lstrip(".") or None,
+                            uri=obj.uri,
+                            size=obj.size,
+                            sha256=obj.sha256,
+                        )
                     )
-                )
-            if finalize is not None:
-                finalize(session)
-            if not self._finish(session, "succeeded", None, result):
-                session.rollback()
-                log.warning("job %s: lease lost before success could be recorded", self.job_id)
-                return False
-        return True
+                if finalize is not None:
+                    finalize(session)
+                if not self._finish(session, "succeeded", None, result):
+                    session.rollback()
+                    log.warning("job %s: lease lost before success could be recorded", self.job_id)
+                    return False
+            return True
+
+        return with_db_retry(record, f"job {self.job_id}: record success")
 
     def fail(
         self, exc: BaseException, on_stop: Callable[[Session, str], None] | None = None
     ) -> None:
         self._stop_threads()
         attempt = self.job.attempt if self.job else 0
-        with session_scope(self.ctx.sessions) as session:
-            if (
-                self._finish(session, "failed", error_document(exc, self._stage, attempt))
-                and on_stop
-            ):
-                on_stop(session, str(exc))
+        error = error_document(exc, self._stage, attempt)
+
+        def record() -> None:
+            with session_scope(self.ctx.sessions) as session:
+                if self._finish(session, "failed", error) and on_stop:
+                    on_stop(session, str(exc))
+
+        with_db_retry(record, f"job {self.job_id}: record failure")
 
     def cancel(self, on_stop: Callable[[Session, str], None] | None = None) -> None:
         self._stop_threads()
-        with session_scope(self.ctx.sessions) as session:
-            if self._finish(session, "cancelled", None) and on_stop:
-                on_stop(session, "validation was cancelled")
+
+        def record() -> None:
+            with session_scope(self.ctx.sessions) as session:
+                if self._finish(session, "cancelled", None) and on_stop:
+                    on_stop(session, "validation was cancelled")
+
+        with_db_retry(record, f"job {self.job_id}: record cancel")
 
     def requeue(self, exc: BaseException) -> None:
         """Give the lease back after a transient error so a retry can claim it."""
         self._stop_threads()
         attempt = self.job.attempt if self.job else 0
-        with session_scope(self.ctx.sessions) as session:
-            session.execute(
-                update(Job)
-                .where(Job.id == self.job_id, Job.lease_owner == self.owner)
-                .values(
-                    state="queued",
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    updated_at=utcnow(),
-                    error=error_document(exc, self._stage, attempt),
+
+        def record() -> None:
+            with session_scope(self.ctx.sessions) as session:
+                session.execute(
+                    update(Job)
+                    .where(Job.id == self.job_id, Job.lease_owner == self.owner)
+                    .values(
+                        state="queued",
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        updated_at=utcnow(),
+                        error=error_document(exc, self._stage, attempt),
+                    )
                 )
-            )
+
+        with_db_retry(record, f"job {self.job_id}: requeue")
 
     def release(self) -> None:
         """Stop the threads without touching the row (lease lost to another delivery)."""
@@ -410,6 +465,23 @@ def requeue_stale_jobs(session: Session) -> list[tuple[str, str, str]]:
         update(Job)
         .where(Job.state == "running", Job.lease_expires_at < now)
         .values(state="queued", lease_owner=None, lease_expires_at=None, updated_at=now)
+        .returning(Job.id, Job.kind, Job.queue)
+    ).all()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def requeue_waiting_jobs(session: Session, older_than_s: float) -> list[tuple[str, str, str]]:
+    """Queued jobs untouched for ``older_than_s`` seconds (0: all of them):
+    their message may be lost (a broker restarted without persistence), so the
+    caller sends another. ``updated_at`` is bumped in the same statement, so
+    concurrent scanners do not both pick a job, and a job is re-sent at most
+    once per period."""
+    now = utcnow()
+    cutoff = now - timedelta(seconds=older_than_s)
+    rows = session.execute(
+        update(Job)
+        .where(Job.state == "queued", Job.updated_at <= cutoff)
+        .values(updated_at=now)
         .returning(Job.id, Job.kind, Job.queue)
     ).all()
     return [(r[0], r[1], r[2]) for r in rows]

@@ -20,7 +20,7 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -34,12 +34,19 @@ from app.datasets import (
     summarize,
 )
 from app.db import session_scope
+from app.errors import storage_full
 from app.jobstate import TASK_NAMES
 from app.orm import Dataset
-from app.storage import StoredObject
+from app.storage import StorageError, StoredObject
 from models.data.errors import DataError
-from models.progress import Cancelled
+from models.progress import Cancelled, ProgressEvent
 from workers.celery_app import make_celery
+from workers.resumable import (
+    CheckpointSync,
+    drop_checkpoint,
+    fetch_checkpoint,
+    resume_prefix,
+)
 from workers.runtime import (
     ClaimedJob,
     JobRun,
@@ -47,6 +54,7 @@ from workers.runtime import (
     LeaseLost,
     get_context,
     requeue_stale_jobs,
+    requeue_waiting_jobs,
     scratch_dir,
 )
 
@@ -59,6 +67,17 @@ celery_app = make_celery()
 TRANSIENT = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
 RESULT_MAX_BYTES = 64 * 1024
 RESULT_ENTRY_MAX_BYTES = 8 * 1024
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A blink worth another delivery; a full disk is not one."""
+    if isinstance(exc, TRANSIENT):
+        return True
+    return (
+        isinstance(exc, StorageError)
+        and isinstance(exc.__cause__, ConnectionError | TimeoutError)
+        and not storage_full(exc)
+    )
 
 
 @dataclass
@@ -144,14 +163,33 @@ def _train_config(job: ClaimedJob, **fixed: Any):
 
 
 def _train(run: JobRun, job: ClaimedJob, scratch: Path) -> Outcome:
+    """Train, resuming from the checkpoint an earlier delivery left in the store
+    (``pipeline.train`` checkpoints every epoch into ``checkpoint_dir`` and
+    continues from what it finds there)."""
     from models.pipeline import train
 
     p = job.parameters
     config = _train_config(job, model=p["model"], personalize=bool(p["personalize"]))
     rows = _regeneration_rows(run, job) if p["data"] == "regenerated" else None
-    with loaded_dataset(run.ctx.store, job.dataset_id) as dataset:
-        outcome = train(dataset, rows, config, scratch / "output", run.progress)
-    return Outcome(dict(outcome.report), scratch / "output")
+    store, settings = run.ctx.store, run.ctx.settings
+    checkpoint = scratch / "checkpoint"
+    resumed = fetch_checkpoint(store, job.id, checkpoint) or 0
+    if resumed:
+        log.info("job %s: resuming after epoch %d", job.id, resumed)
+        run.progress(
+            ProgressEvent(
+                "resume",
+                resumed,
+                config.epochs,
+                message=f"attempt {job.attempt} resumed after epoch {resumed}",
+            )
+        )
+    sync = CheckpointSync(
+        run.progress, checkpoint, store, resume_prefix(job.id), settings.checkpoint_sync_interval_s
+    )
+    with loaded_dataset(store, job.dataset_id) as dataset:
+        outcome = train(dataset, rows, config, scratch / "output", sync, checkpoint_dir=checkpoint)
+    return Outcome({**outcome.report, "resumed_from_epoch": resumed}, scratch / "output")
 
 
 def _compare(run: JobRun, job: ClaimedJob, scratch: Path) -> Outcome:
@@ -192,6 +230,15 @@ def execute(task: Task, job_id: str) -> str:
     on_stop = _validation_stopped(job.dataset_id) if job.kind == "validate" else None
     scratch = scratch_dir(ctx.settings, job.id, job.attempt)
     log.info("job %s (%s): attempt %d started", job.id, job.kind, job.attempt)
+
+    def ends_here() -> None:
+        """This delivery ends the job for good: the resume checkpoint a later
+        delivery would have used goes *before* the outcome is recorded, so
+        a finished job never shows one. (A crash in between only costs the
+        redelivery its head start.) Kept on a lost lease or a retry."""
+        if job.kind == "train":
+            _quietly(drop_checkpoint, ctx.store, job.id)
+
     try:
         outcome = HANDLERS[job.kind](run, job, scratch)
         stored: list[tuple[str, StoredObject]] = []
@@ -199,32 +246,42 @@ def execute(task: Task, job_id: str) -> str:
             prefix = f"jobs/{job.id}/output"
             objects = ctx.store.put_dir(outcome.output_dir, prefix)
             stored = [(artifact_kind(o.key[len(prefix) + 1 :]), o) for o in objects]
+        if run.lease_lost:
+            raise LeaseLost(f"job {job.id} was taken over by another worker")
+        ends_here()
         ok = run.succeed(_trim_result(outcome.result), stored, outcome.finalize)
         return "succeeded" if ok else "lost"
     except Cancelled:
+        ends_here()
         run.cancel(on_stop)
         log.info("job %s: cancelled", job.id)
         return "cancelled"
     except LeaseLost:
-        run.release()
+        run.release()  # the job goes on elsewhere, with its checkpoint
         return "lost"
-    except TRANSIENT as exc:
-        if job.attempt < job.max_attempts:
+    except Exception as exc:
+        if is_transient(exc) and job.attempt < job.max_attempts:
             log.warning("job %s: transient error, retrying: %s", job.id, exc)
             run.requeue(exc)
             raise task.retry(exc=exc, countdown=ctx.settings.retry_backoff_s * job.attempt) from exc
-        run.fail(exc, on_stop)
-        return "failed"
-    except (JobTimeLimit, SoftTimeLimitExceeded, DataError) as exc:
-        log.info("job %s failed: %s", job.id, exc)  # the user's data or limits, not a bug
-        run.fail(exc, on_stop)
-        return "failed"
-    except Exception as exc:
-        log.exception("job %s failed", job.id)
+        if isinstance(exc, JobTimeLimit | SoftTimeLimitExceeded | DataError):
+            log.info("job %s failed: %s", job.id, exc)  # the user's data or limits, not a bug
+        elif storage_full(exc):
+            log.error("job %s failed: the artifact store is full: %s", job.id, exc)
+        else:
+            log.exception("job %s failed", job.id)
+        ends_here()
         run.fail(exc, on_stop)
         return "failed"
     finally:
         shutil.rmtree(scratch.parent, ignore_errors=True)
+
+
+def _quietly(fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception:  # cleanup must not mask the job's outcome
+        log.warning("cleanup %s failed", getattr(fn, "__name__", fn), exc_info=True)
 
 
 _TASK_OPTIONS: dict[str, Any] = dict(
@@ -252,29 +309,81 @@ def compare_task(self: Task, job_id: str) -> str:
     return execute(self, job_id)
 
 
-def recover_stale_jobs() -> int:
-    """Re-enqueue jobs whose worker died (their lease expired). A duplicate
-    message is harmless: the lease lets only one delivery run."""
+def broker_identity() -> str:
+    """What identifies the broker's current lifetime: Redis's ``run_id``
+    changes on every restart (and a restart without persistence loses every
+    queued message). The embedded filesystem transport keeps its messages."""
+    with celery_app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=5)
+        if conn.transport.driver_type == "redis":
+            return str(conn.default_channel.client.info("server")["run_id"])
+        return conn.transport.driver_type
+
+
+class _BrokerWatch:
+    def __init__(self) -> None:
+        self.identity: str | None = None
+
+    def changed(self) -> bool:
+        """True on the first look (this worker cannot know what happened
+        before it started) and whenever the broker restarted since the last."""
+        current = broker_identity()
+        changed = current != self.identity
+        if changed and self.identity is not None:
+            log.warning("the broker restarted (run_id %s -> %s)", self.identity, current)
+        self.identity = current
+        return changed
+
+
+_broker_watch = _BrokerWatch()
+
+
+def recover_stale_jobs(check_broker: bool = True) -> int:
+    """Re-enqueue what the database says should run but may have no message:
+    running jobs whose worker died (their lease expired), every queued job
+    after a broker restart or at worker start, and queued jobs waiting longer
+    than ``requeue_queued_after_s``. The job table is the truth and a
+    duplicate message is harmless: the lease lets only one delivery run."""
     ctx = get_context()
+    restarted = _broker_watch.changed() if check_broker else False
     with session_scope(ctx.sessions) as session:
+        # waiting first: the stale jobs flipped to queued below are sent once, not twice
+        waiting = requeue_waiting_jobs(
+            session, 0.0 if restarted else ctx.settings.requeue_queued_after_s
+        )
         stale = requeue_stale_jobs(session)
     for job_id, kind, queue in stale:
         celery_app.send_task(TASK_NAMES[kind], args=[job_id], queue=queue)
         log.warning("job %s: its worker was lost; re-enqueued", job_id)
-    return len(stale)
+    for job_id, kind, queue in waiting:
+        celery_app.send_task(TASK_NAMES[kind], args=[job_id], queue=queue)
+        log.warning("job %s: still queued, message re-sent", job_id)
+    return len(stale) + len(waiting)
 
 
 def _recovery_loop(stop: threading.Event, interval: float) -> None:
     while True:
         try:
             recover_stale_jobs()
-        except Exception:  # the database may be briefly away; try again next round
+        except Exception:  # the database or broker may be briefly away; try next round
             log.warning("stale-job scan failed", exc_info=True)
         if stop.wait(interval):
             return
 
 
 _recovery_stop = threading.Event()
+
+
+@worker_init.connect
+def _warm_up(sender=None, **_: Any) -> None:
+    """Import the ML stack before taking tasks. Otherwise a job's first
+    epoch pays ~5 s of imports (torch's compiler stack, which the fused Adam
+    loads lazily, and matplotlib for the reports), and so does every job
+    that a freshly restarted worker resumes."""
+    import importlib
+
+    for name in ("torch._dynamo", "models.pipeline", "models.training", "models.reports"):
+        importlib.import_module(name)
 
 
 @worker_ready.connect

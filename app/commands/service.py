@@ -32,12 +32,31 @@ def _logging() -> None:
     )
 
 
-def _run_api(settings: Settings, host: str, port: int) -> None:
+def _run_api(settings: Settings, host: str, port: int, workers: int = 1) -> None:
     import uvicorn
 
     from app.main import create_app
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+    if workers <= 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+        return
+    # Several processes share the port; each builds its app from the
+    # environment, so the settings given here travel as DR4SR_* variables.
+    # Migrations ran once, here, not in every process.
+    from app import migrate
+
+    if settings.migrate_on_start:
+        migrate.upgrade(settings.resolved_database_url)
+    os.environ["DR4SR_MIGRATE_ON_START"] = "false"
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        access_log=False,
+    )
 
 
 class _WorkerSupervisor:
@@ -121,11 +140,16 @@ def register(app: typer.Typer) -> None:
     def api(
         host: str = typer.Option(None, help="Bind address (default DR4SR_HOST)."),
         port: int = typer.Option(None, help="Port (default DR4SR_PORT)."),
+        workers: int = typer.Option(
+            None, min=1, help="API processes sharing the port (default DR4SR_API_WORKERS)."
+        ),
     ) -> None:
         """Run only the HTTP API (applies migrations at start)."""
         _logging()
         settings = _settings()
-        _run_api(settings, host or settings.host, port or settings.port)
+        _run_api(
+            settings, host or settings.host, port or settings.port, workers or settings.api_workers
+        )
 
     @app.command("worker")
     def worker(

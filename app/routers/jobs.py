@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
+from app import reads
 from app.deps import PrincipalDep, ServicesDep, SessionDep
 from app.downloads import MEDIA_TYPES, stream_artifact, tar_stream
 from app.errors import Conflict, Invalid, NotFound, responses
 from app.jobs import (
     artifact_kinds,
-    count_jobs,
     device_of,
+    is_id,
     owned_job,
     ready_dataset,
     regeneration_for,
@@ -31,13 +33,14 @@ from app.schemas import (
     JobState,
     RegenerateRequest,
     TrainRequest,
+    as_response,
 )
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 _SUBMIT_RESPONSES = {
     202: {"description": "Queued; `Location` points at the job."},
-    **responses(401, 404, 409, 422, 503),
+    **responses(401, 404, 409, 422, 429, 503),
 }
 
 
@@ -48,9 +51,13 @@ def _accepted(session, job: Job) -> JSONResponse:
     )
 
 
-def _config_error(exc: ValueError) -> Invalid:
+def _config_error(exc: ValueError, top_level: tuple[str, ...] = ()) -> Invalid:
+    """A config error as a 422 naming its field: ``parameters.<name>``, or
+    ``<name>`` for the request's own fields (``model``, ``personalize``)."""
     message = str(exc)
     head = message.split(":", 1)[0].strip()
+    if head in top_level:
+        return Invalid(message, field=head)
     field = f"parameters.{head}" if head and " " not in head else "parameters"
     return Invalid(message, field=field)
 
@@ -90,10 +97,16 @@ def submit_regenerate(
 def _check_train_config(parameters: dict, **fixed) -> None:
     from models.pipeline import TrainJobConfig
 
+    clash = sorted(set(parameters) & set(fixed))
+    if clash:
+        raise Invalid(
+            f"parameters.{clash[0]}: set it as the request's own '{clash[0]}' field",
+            field=f"parameters.{clash[0]}",
+        )
     try:
         TrainJobConfig.from_dict({**parameters, **fixed})
     except (ValueError, TypeError) as exc:
-        raise _config_error(ValueError(str(exc))) from None
+        raise _config_error(ValueError(str(exc)), tuple(fixed)) from None
 
 
 @router.post(
@@ -178,27 +191,31 @@ def submit_compare(
 
 
 @router.get("", response_model=JobList, summary="Your jobs, newest first", responses=responses(401))
-def list_jobs(
-    session: SessionDep,
+async def list_jobs(
+    services: ServicesDep,
     principal: PrincipalDep,
     state: Annotated[JobState | None, Query()] = None,
     kind: Annotated[JobKind | None, Query()] = None,
     dataset_id: Annotated[str | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> JobList:
-    where = [Job.owner_id == principal.id]
-    if state:
-        where.append(Job.state == state)
-    if kind:
-        where.append(Job.kind == kind)
-    if dataset_id:
-        where.append(Job.dataset_id == dataset_id)
-    rows = session.scalars(
-        select(Job).where(*where).order_by(Job.created_at.desc()).limit(limit).offset(offset)
-    ).all()
-    kinds = artifact_kinds(session, [j.id for j in rows])
-    return JobList(items=[render(j, kinds[j.id]) for j in rows], total=count_jobs(session, where))
+) -> Response:
+    if dataset_id and not is_id(dataset_id):  # names no dataset: nothing to list
+        return as_response(JobList(items=[], total=0))
+
+    def load():
+        return reads.jobs(
+            services.reader,
+            principal.id,
+            state=state,
+            kind=kind,
+            dataset_id=dataset_id,
+            limit=limit,
+            offset=offset,
+        )
+
+    rows, kinds, total = await run_in_threadpool(load)
+    return as_response(JobList(items=[render(j, kinds[j.id]) for j in rows], total=total))
 
 
 @router.get(
@@ -207,9 +224,13 @@ def list_jobs(
     summary="One job: state, progress, error, links",
     responses=responses(401, 404),
 )
-def get_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobOut:
-    job = owned_job(session, principal, job_id)
-    return render(job, artifact_kinds(session, [job.id])[job.id])
+async def get_job(job_id: str, services: ServicesDep, principal: PrincipalDep) -> Response:
+    found = None
+    if is_id(job_id):
+        found = await run_in_threadpool(reads.job, services.reader, principal.id, job_id)
+    if found is None:
+        raise NotFound(f"no job {job_id}")
+    return as_response(render(*found))
 
 
 @router.post(
@@ -223,9 +244,9 @@ def get_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobOut
 )
 def cancel_job(
     job_id: str, session: SessionDep, principal: PrincipalDep, services: ServicesDep
-) -> JobOut:
+) -> Response:
     job = request_cancel(session, services.store, owned_job(session, principal, job_id))
-    return render(job, set())
+    return as_response(render(job, set()), 202)
 
 
 def _result(session, principal, job_id: str, *kinds: str) -> list[Artifact]:
