@@ -1,8 +1,8 @@
 """Fixtures for the service tests: a fresh PostgreSQL database and a
-dedicated Redis db per session, and tiny synthetic data files.
+private redis-server per session, and tiny synthetic data files.
 
-PostgreSQL or Redis being unreachable skips these tests, unless
-DR4SR_REQUIRE_SERVICES is set (CI), where it fails them.
+PostgreSQL unreachable or redis-server not installed skips these tests,
+unless DR4SR_REQUIRE_SERVICES is set (CI), where it fails them.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from service_harness import (
     MAX_UPLOAD,
     SYNC_MAX,
     Proc,
+    RedisServer,
     Stack,
     base_env,
     cli,
@@ -29,7 +30,7 @@ from service_harness import (
 PG_HOST = os.environ.get("DR4SR_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("DR4SR_TEST_PG_PORT", "5432"))
 PG_USERS = ("postgres", "root")
-REDIS_URL = os.environ.get("DR4SR_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+REDIS_URL = os.environ.get("DR4SR_TEST_REDIS_URL")  # None: a private redis-server
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -75,7 +76,19 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    """A private redis-server for this session, so that another test session
+    running at the same time (or a worker it left behind) can never consume
+    this session's tasks or flush its queues. DR4SR_TEST_REDIS_URL names a
+    shared server instead (its db is flushed before and after)."""
+    if REDIS_URL is None:
+        server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+        return
+
     import redis
 
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)

@@ -5,6 +5,7 @@ can import it by a name unique in the repository.)"""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -75,6 +76,76 @@ class Proc:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+@dataclass
+class RedisServer:
+    """A private redis-server without persistence (a restart loses every
+    message: the harshest case for 'the job table stays the truth'). A test
+    session's own broker: no other session's workers can consume its queues,
+    and none of its messages outlive it."""
+
+    folder: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            unavailable("redis-server is not installed")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        log = open(self.folder / "redis.log", "ab")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        self._wait()
+        return self
+
+    def _wait(self, timeout: float = 10) -> None:
+        import redis
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                log = (self.folder / "redis.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"redis-server on port {self.port} exited:\n{log}")
+            client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+            try:
+                client.ping()
+                return
+            except redis.RedisError:
+                time.sleep(0.05)
+            finally:
+                client.close()
+        raise RuntimeError(f"redis-server on port {self.port} did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()  # SIGKILL: nothing is flushed, as in a crash
+            self.proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
 
 def cli(*args: str) -> list[str]:

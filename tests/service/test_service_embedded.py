@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import stat
 import time
 from collections.abc import Iterator
@@ -136,6 +137,15 @@ def test_a_job_survives_its_worker_dying(
         assert job["state"] == "succeeded", (job, embedded.logs())
         assert job["attempts"] == 2
         assert _worker_pid(embedded) not in (None, pid)
+        # exactly one set of artifacts: the stored files are the artifact rows,
+        # with nothing left of the killed attempt (no staging folder, no copy)
+        root = embedded.data_dir / "artifacts" / "jobs" / job["id"]
+        stored = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+        with sqlite3.connect(embedded.data_dir / "dr4sr.sqlite") as db:
+            rows = db.execute("SELECT name FROM artifacts WHERE job_id = ?", (job["id"],))
+            names = sorted(r[0] for r in rows)
+        assert stored == names and all(n.startswith("output/") for n in stored), stored
+        assert "output/regenerated.npz" in stored
 
         r = c.get(f"/datasets/{ds['id']}/regenerated", params={"format": "txt"})
         assert r.status_code == 200, r.text
