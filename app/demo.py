@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{st.get('interactions')} interactions after {st.get('user_core')}-core "
                   f"({st.get('interactions_before')} before)")
 
-            regen_params = {"regenerator_epochs": 8, "pretrain_epochs": 15, "profile": "parity"}
+            regen_params = {"regenerator_epochs": 8, "pretrain_epochs": 15, "profile": "fixed"}
             job = _check(client.post("/jobs/regenerate", json={"dataset_id": ds["id"], "parameters": regen_params}), 202)
             job = _poll(client, job, "regenerate")
             res = job.get("result") or {}

@@ -81,7 +81,8 @@ class RegenerateRequest(BaseModel):
     parameters: dict[str, Any] = Field(
         default_factory=dict,
         description="RegenerationConfig fields (alpha, beta, max_pairs, pair_match, k_memories, "
-        "profile, pretrain_epochs, regenerator_epochs, seed, device, max_len, ...).",
+        "profile ('fixed', the default, or 'parity'), pretrain_epochs, regenerator_epochs, seed, "
+        "device, max_len, ...).",
     )
 
 

@@ -2,7 +2,7 @@
 regenerated (DR4SR) or personalized (DR4SR+) data and report test metrics.
 
     python benchmarks/quality.py --dataset ../shared/data/amazon-beauty.txt --model sasrec
-    python benchmarks/quality.py --dataset ... --variant dr4sr --profile fixed
+    python benchmarks/quality.py --dataset ... --variant dr4sr --profile parity
     python benchmarks/quality.py --dataset ... --variant dr4sr+ --ablation end_to_end
 
 The regenerated data is produced in the same run (or reused with
@@ -50,7 +50,7 @@ def main() -> None:
     p.add_argument("--variant", default="original", choices=["original", "dr4sr", "dr4sr+"])
     p.add_argument("--ablation", default="none", choices=["none", "no_diversity", "patterns_only", "end_to_end"],
                    help="Paper Table 4: (A) no_diversity, (B) patterns_only, (C) end_to_end (DR4SR+ only).")
-    p.add_argument("--profile", default="parity", choices=["parity", "fixed"], help="Regenerator profile.")
+    p.add_argument("--profile", default="fixed", choices=["parity", "fixed"], help="Regenerator profile (default: the product default, fixed).")
     p.add_argument("--personalizer-profile", default="parity", choices=["parity", "fixed"])
     p.add_argument("--regenerated", type=Path, help="Reuse a `dr4sr regenerate` folder.")
     p.add_argument("--epochs", type=int, default=1000)

@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
         file: Path = typer.Argument(..., help="Interaction log, or a folder from `dr4sr prepare --out`."),
         out: Path = typer.Option(Path("regenerated"), "--out", help="Output folder."),
         fmt: str | None = typer.Option(None, "--format", help=FORMATS_HELP),
-        profile: str = typer.Option("parity", help="parity (released code) or fixed (quirks corrected)."),
+        profile: str = typer.Option("fixed", help="fixed (quirks corrected, the default) or parity (released code)."),
         epochs: int = typer.Option(40, help="Regenerator training epochs."),
         pretrain_epochs: int = typer.Option(200, help="SASRec item-embedding pre-training epochs (early-stopped)."),
         k: int = typer.Option(5, "--k", help="Number of memories K (diversity promoter)."),

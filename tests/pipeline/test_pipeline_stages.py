@@ -35,13 +35,13 @@ def test_regenerate_writes_every_artifact(regenerated):
     rows = load_rows(out / "regenerated.npz")
     counts = rows.counts()
     assert counts == outcome.rows.counts()
-    # parity profile: the original rows appear twice (Q1), every pattern once
-    assert counts["original"] == 2 * outcome.stats["dataset"]["users"]
+    # the default (fixed) profile: the original rows once (Q1 fixed), every pattern once
+    assert counts["original"] == outcome.stats["dataset"]["users"]
     assert counts["pattern"] == outcome.stats["patterns"]["patterns"]
     assert (rows.seqs.lengths >= 2).all()
     stats = json.loads((out / "stats.json").read_text())
     assert {"mine_s", "pairs_s", "pretrain_s", "regenerator_s", "decode_s", "total_s"} <= set(stats["timings"])
-    assert json.loads((out / "config.json").read_text())["regeneration"]["profile"] == "parity"
+    assert json.loads((out / "config.json").read_text())["regeneration"]["profile"] == "fixed"
 
 
 def test_regenerate_cancelled_leaves_nothing(dataset, tmp_path):
