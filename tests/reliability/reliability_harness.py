@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,13 +27,11 @@ from service_harness import (  # noqa: E402
     base_env,
     cli,
     free_port,
-    unavailable,
+    pg_admin,
     wait_ready,
 )
+from service_harness import fresh_database as shared_fresh_database  # noqa: E402
 
-PG_HOST = os.environ.get("DR4SR_TEST_PG_HOST", "127.0.0.1")
-PG_PORT = int(os.environ.get("DR4SR_TEST_PG_PORT", "5432"))
-PG_USERS = ("postgres", "root")
 FAULTS_DIR = Path(__file__).resolve().parent / "faults"
 
 # Limits of the shared API-only service (conftest.api_service), small enough
@@ -48,39 +45,11 @@ QUOTA = 250_000  # a small dataset stores ~41 kB (raw + prepared)
 
 
 # -- PostgreSQL ----------------------------------------------------------------------
-def pg_admin():
-    """An autocommit admin connection to the shared server (skip when absent)."""
-    import psycopg
-
-    errors = []
-    for user in PG_USERS:
-        try:
-            conn = psycopg.connect(
-                host=PG_HOST,
-                port=PG_PORT,
-                user=user,
-                dbname="test",
-                connect_timeout=3,
-                autocommit=True,
-            )
-            return user, conn
-        except psycopg.Error as exc:
-            errors.append(f"{user}: {exc}".strip())
-    unavailable(f"PostgreSQL at {PG_HOST}:{PG_PORT} unreachable: {'; '.join(errors)}")
-    raise AssertionError("unreachable")
-
-
 @contextmanager
 def fresh_database() -> Iterator[tuple[str, str]]:
     """(SQLAlchemy URL, database name) of a new database, dropped afterwards."""
-    user, conn = pg_admin()
-    name = f"dr4sr_rel_{uuid.uuid4().hex[:12]}"
-    conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}", name
-    finally:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.close()
+    with shared_fresh_database("dr4sr_rel") as made:
+        yield made
 
 
 def terminate_backends(db_name: str, application_prefix: str = "dr4sr-") -> int:

@@ -8,7 +8,6 @@ unless DR4SR_REQUIRE_SERVICES is set (CI), where it fails them.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,14 +21,12 @@ from service_harness import (
     base_env,
     cli,
     free_port,
+    fresh_database,
     run_cli,
     unavailable,
     wait_ready,
 )
 
-PG_HOST = os.environ.get("DR4SR_TEST_PG_HOST", "127.0.0.1")
-PG_PORT = int(os.environ.get("DR4SR_TEST_PG_PORT", "5432"))
-PG_USERS = ("postgres", "root")
 REDIS_URL = os.environ.get("DR4SR_TEST_REDIS_URL")  # None: a private redis-server
 
 
@@ -41,38 +38,11 @@ def pytest_runtest_makereport(item, call):
 
 
 # -- PostgreSQL and Redis --------------------------------------------------------
-def _pg_admin() -> tuple[str, object]:
-    import psycopg
-
-    errors = []
-    for user in PG_USERS:
-        try:
-            conn = psycopg.connect(
-                host=PG_HOST,
-                port=PG_PORT,
-                user=user,
-                dbname="test",
-                connect_timeout=3,
-                autocommit=True,
-            )
-            return user, conn
-        except psycopg.Error as exc:
-            errors.append(f"{user}: {exc}".strip())
-    unavailable(f"PostgreSQL at {PG_HOST}:{PG_PORT} unreachable: {'; '.join(errors)}")
-    raise AssertionError("unreachable")
-
-
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A fresh database for this test session, dropped afterwards."""
-    user, conn = _pg_admin()
-    name = f"dr4sr_test_{uuid.uuid4().hex[:12]}"
-    conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
-    finally:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.close()
+    with fresh_database() as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,9 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +32,47 @@ def unavailable(reason: str) -> None:
 
 
 # -- processes ---------------------------------------------------------------------
+# -- PostgreSQL ----------------------------------------------------------------------
+PG_HOST = os.environ.get("DR4SR_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("DR4SR_TEST_PG_PORT", "5432"))
+PG_USERS = ("postgres", "root")
+
+
+def pg_admin():
+    """An autocommit admin connection to the shared server (skip when absent)."""
+    import psycopg
+
+    errors = []
+    for user in PG_USERS:
+        try:
+            conn = psycopg.connect(
+                host=PG_HOST,
+                port=PG_PORT,
+                user=user,
+                dbname="test",
+                connect_timeout=3,
+                autocommit=True,
+            )
+            return user, conn
+        except psycopg.Error as exc:
+            errors.append(f"{user}: {exc}".strip())
+    unavailable(f"PostgreSQL at {PG_HOST}:{PG_PORT} unreachable: {'; '.join(errors)}")
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def fresh_database(prefix: str = "dr4sr_test") -> Iterator[tuple[str, str]]:
+    """(SQLAlchemy URL, database name) of a new database, dropped afterwards."""
+    user, conn = pg_admin()
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}", name
+    finally:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
