@@ -43,13 +43,6 @@ def _no_process_outlives_its_module() -> Iterator[None]:
     assert not described, f"processes left running by this module: {described}"
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    rep = outcome.get_result()
-    setattr(item, f"rep_{rep.when}", rep)
-
-
 @pytest.fixture(scope="session")
 def tiny_logs(tmp_path_factory) -> dict[str, Path]:
     """small.csv (validated in the request) and medium.csv (a few seconds of
@@ -62,12 +55,6 @@ def tiny_logs(tmp_path_factory) -> dict[str, Path]:
     )
     synthetic.write(out / "small.csv", small, "csv")
     return {"small": out / "small.csv"}
-
-
-def show_logs_on_failure(request, service) -> None:
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        print(service.logs())
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from service_harness import (  # noqa: E402
     cli,
     free_port,
     pg_admin,
+    show_logs_on_failure,
     wait_ready,
 )
 from service_harness import fresh_database as shared_fresh_database  # noqa: E402
@@ -251,4 +252,4 @@ def artifact_names(database_url: str, job_id: str) -> list[str]:
         engine.dispose()
 
 
-__all__ = ["REPO", "FAULTS_DIR", "RedisServer"]
+__all__ = ["REPO", "FAULTS_DIR", "RedisServer", "show_logs_on_failure"]

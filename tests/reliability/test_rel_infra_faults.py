@@ -23,6 +23,7 @@ from reliability_harness import (
     finished,
     fresh_database,
     make_service,
+    show_logs_on_failure,
     terminate_backends,
     wait_for,
 )
@@ -116,9 +117,7 @@ def service(tmp_path_factory, redis: RedisServer, disk: FullDisk) -> Iterator[Se
 @pytest.fixture(autouse=True)
 def _logs(request, service: Service):
     yield
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        print(service.logs())
+    show_logs_on_failure(request, service)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from reliability_harness import (
     finished,
     fresh_database,
     make_service,
+    show_logs_on_failure,
     wait_for,
 )
 
@@ -70,9 +71,7 @@ def dataset(service: Service, tiny_logs: dict[str, Path]) -> str:
 @pytest.fixture(autouse=True)
 def _logs(request, service: Service):
     yield
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        print(service.logs())
+    show_logs_on_failure(request, service)
 
 
 def _saved_epoch(resume: Path) -> int | None:

@@ -23,18 +23,12 @@ from service_harness import (
     free_port,
     fresh_database,
     run_cli,
+    show_logs_on_failure,
     unavailable,
     wait_ready,
 )
 
 REDIS_URL = os.environ.get("DR4SR_TEST_REDIS_URL")  # None: a private redis-server
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    rep = outcome.get_result()
-    setattr(item, f"rep_{rep.when}", rep)
 
 
 # -- PostgreSQL and Redis --------------------------------------------------------
@@ -125,6 +119,4 @@ def stack(pg_url: str, redis_url: str, tmp_path_factory) -> Iterator[Stack]:
 def print_logs_on_failure(request, stack: Stack) -> Iterator[None]:
     """Show the API and worker logs when a test against the stack fails."""
     yield
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        print(stack.logs())
+    show_logs_on_failure(request, stack)

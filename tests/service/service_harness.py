@@ -73,6 +73,14 @@ def fresh_database(prefix: str = "dr4sr_test") -> Iterator[tuple[str, str]]:
         conn.close()
 
 
+def show_logs_on_failure(request, processes) -> None:
+    """Print ``processes.logs()`` when the test of ``request`` failed (call this
+    after a fixture's yield; tests/conftest.py records the reports)."""
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        print(processes.logs())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
