@@ -192,6 +192,10 @@ def prepare(
         "interactions": int(len(rows)),
         "mean_length": float(lengths.mean()),
         "max_length": int(lengths.max()),
+        # sequence length -> users (string keys: the stats round-trip through JSON)
+        "length_histogram": {
+            str(int(k)): int(v) for k, v in zip(*np.unique(lengths, return_counts=True), strict=True)
+        },
         "density": float(len(rows) / (n_users * n_items)),
         "max_len": int(max_len),
         "users_longer_than_window": int((lengths > max_len).sum()),
