@@ -57,6 +57,49 @@ def test_matches_brute_force(rows: list[list[int]], alpha: int, beta: int, chunk
     assert as_list(mined) == brute_force_mine(rows, alpha, beta)
 
 
+def brute_force_budget(
+    rows: list[list[int]], alpha: int, beta: int, budget: int
+) -> tuple[list[tuple[tuple[int, ...], int]], int]:
+    """All patterns at beta, then the smallest threshold >= beta keeping <= budget."""
+    everything = brute_force_mine(rows, alpha, beta)
+    threshold = beta
+    while sum(s >= threshold for _, s in everything) > budget:
+        threshold += 1
+    return [(p, s) for p, s in everything if s >= threshold], threshold
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=rows_strategy,
+    alpha=st.integers(2, 5),
+    beta=st.integers(1, 3),
+    budget=st.integers(1, 40),
+    chunk=st.one_of(st.just(1_000_000), st.integers(1, 25)),
+)
+def test_budget_matches_brute_force(
+    rows: list[list[int]], alpha: int, beta: int, budget: int, chunk: int
+) -> None:
+    mined = mine_patterns(
+        Sequences.from_lists(rows), alpha=alpha, beta=beta, max_patterns=budget, chunk_positions=chunk
+    )
+    expected, threshold = brute_force_budget(rows, alpha, beta, budget)
+    assert as_list(mined) == expected
+    assert len(mined) <= budget
+    assert mined.min_support == threshold
+
+
+def test_budget_never_splits_a_support_level() -> None:
+    # (1, 2), (2, 3) and (3, 4) all have support 2: a budget of 2 keeps none of them.
+    rows = [[1, 2, 3, 4], [1, 2, 3, 4], [5, 6]]
+    mined = mine_patterns(Sequences.from_lists(rows), alpha=2, beta=2, max_patterns=2)
+    assert len(mined) == 0 and mined.min_support == 3
+
+
+def test_budget_is_validated() -> None:
+    with pytest.raises(ValueError, match="max_patterns"):
+        mine_patterns(Sequences.from_lists([[1, 2]]), max_patterns=0)
+
+
 def test_slide_example() -> None:
     # Spec §2.1: "1 2 3 4 5", window 3, min frequency 2 -> 12, 13, 23, 123, ... when shared.
     rows = [[1, 2, 3, 4, 5], [1, 2, 3, 9, 9]]
@@ -158,3 +201,12 @@ def test_sports_measured_counts(sports_split) -> None:
     assert len(mined) == 21_999
     assert mined.length_counts() == {2: 20_826, 3: 1_048, 4: 112, 5: 13}
     assert int(mined.support.max()) == 60
+
+
+@pytest.mark.shared_data
+def test_beauty_unchanged_under_the_default_budget(beauty_split) -> None:
+    from models.patterns import pattern_budget
+
+    budget = pattern_budget(len(beauty_split.train))  # 2 x 22,363 original rows
+    mined = mine_patterns(beauty_split.mining, alpha=5, beta=2, max_patterns=budget)
+    assert len(mined) == 40_664 and mined.min_support == 2
