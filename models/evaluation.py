@@ -2,19 +2,22 @@
 
 Every user's query is scored against the whole catalogue; the pad id 0 and
 every item of the user's history are set to -inf; the single held-out target
-gets the 1-based rank ``r = 1 + #items with a strictly higher score``.
+is compared with every unmasked item: ``h`` items score strictly higher and
+``t`` items score exactly the same.
 
-Ties are resolved in the target's favour (an item with exactly the target's
-score does not push it down). With float scores exact ties are rare; a model
-that scores everything equal therefore gets rank 1 for every user, which is
-why untrained-model sanity checks should compare against a baseline rather
-than against zero.
+Ties are broken at random, in expectation: the target's rank is uniform over
+``h + 1 .. h + 1 + t``, so its reported rank is the expected one,
+``1 + h + t / 2`` (each tied item counts half a rank), and every metric is the
+exact expectation over that uniform rank. A model that scores every item
+equally therefore gets the metrics of a random ranking, not rank 1; early
+stopping can never prefer it to a model that has learnt anything.
 
 A target that occurs in its own history can never be hit (it is masked, quirk
 Q30); its rank is reported as ``num_items + 1``, beyond every cut-off.
 
 ``Recall@K = 1[r <= K]`` and ``NDCG@K = 1[r <= K] / log2(r + 1)`` (one relevant
-item, ideal DCG = 1), averaged over users. Scores are computed in chunks of
+item, ideal DCG = 1) for a rank ``r``, each averaged over the ``t + 1`` equally
+likely ranks of a tied target, then over users. Scores are computed in chunks of
 items so memory stays ``batch x chunk`` however large the catalogue.
 """
 
@@ -44,18 +47,36 @@ class EvaluationError(ValueError):
 class EvalResult:
     metrics: dict[str, float]  # e.g. {"ndcg@10": ..., "recall@10": ..., "ndcg@20": ...}
     per_user: dict[str, np.ndarray]  # same keys, one value per row of the EvalRows
-    ranks: np.ndarray  # (n,) int64 1-based rank of each target; num_items + 1 = unreachable
+    # (n,) float64 expected 1-based rank of each target (1 + higher + ties / 2);
+    # num_items + 1 = unreachable
+    ranks: np.ndarray
+    ties: np.ndarray | None = None  # (n,) int64 unmasked items scoring exactly the target's score
 
 
 def metrics_from_ranks(
-    ranks: np.ndarray, ks: Sequence[int]
+    ranks: np.ndarray, ks: Sequence[int], ties: np.ndarray | None = None
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    ranks = np.asarray(ranks, dtype=np.int64)
+    """Per-user and mean Recall/NDCG@K.
+
+    Without ``ties`` every rank is taken as exact (an integer rank). With
+    ``ties`` (the number of items tied with the target), ``ranks`` are the
+    expected ranks ``1 + h + t / 2`` and each metric is its exact expectation
+    over the target's uniform rank in ``h + 1 .. h + 1 + t``.
+    """
+    ranks = np.asarray(ranks, dtype=np.float64)
+    t = np.zeros(len(ranks), dtype=np.int64) if ties is None else np.asarray(ties, dtype=np.int64)
+    if t.shape != ranks.shape:
+        raise EvaluationError(f"ties {t.shape} and ranks {ranks.shape} differ in shape")
+    # h = items strictly above; exact for integer h because t / 2 is a half-integer at most
+    h = np.rint(ranks - 1.0 - t / 2.0).astype(np.int64)
     per_user: dict[str, np.ndarray] = {}
     for k in ks:
-        hit = ranks <= k
-        per_user[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0)
-        per_user[f"recall@{k}"] = hit.astype(np.float64)
+        # prefix[n] = sum of 1/log2(r + 1) for r = 1..n, n = 0..k
+        prefix = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))])
+        lo = np.clip(h, 0, k)  # ranks 1..lo are not reachable by this target
+        hi = np.clip(h + 1 + t, 0, k)  # the best hi - lo of its t + 1 ranks fall within k
+        per_user[f"ndcg@{k}"] = (prefix[hi] - prefix[lo]) / (t + 1)
+        per_user[f"recall@{k}"] = (hi - lo) / (t + 1)
     metrics = {name: float(v.mean()) if len(v) else 0.0 for name, v in per_user.items()}
     return metrics, per_user
 
@@ -98,22 +119,30 @@ def _masked_scores(h: Tensor, start: int, part: Tensor, ids: Tensor) -> Tensor:
     return scores
 
 
-def _count_above(scores: Tensor, threshold: Tensor) -> Tensor:
-    """#entries of each row of ``scores`` (B, C) strictly above ``threshold`` (B, 1).
+def _count_above(scores: Tensor, threshold: Tensor) -> tuple[Tensor, Tensor]:
+    """#entries of each row of ``scores`` (B, C) strictly above and exactly equal
+    to ``threshold`` (B, 1) (finite); -inf entries count as below.
 
-    Overwrites ``scores`` with 0/1 and sums in float (exact up to 2**24 columns,
-    see _chunk_size): summing a boolean tensor would first copy it to int64,
-    which took longer than the scoring matmul itself.
+    Overwrites ``scores`` with sign(score - threshold) in {-1, 0, 1}; with
+    a = Σ sign and b = Σ |sign|: above = (a + b) / 2, equal = C - b. Both sums
+    are in float, exact up to 2**24 columns (see _chunk_size): comparing into
+    boolean tensors and summing them would copy each to int64, which took longer
+    than the scoring matmul itself.
     """
-    return scores.gt_(threshold).sum(1).long()
+    signs = scores.sub_(threshold).sign_()
+    a = signs.sum(1)
+    b = signs.abs_().sum(1)
+    return ((a + b) / 2).long(), (scores.shape[1] - b).long()
 
 
-def ranks_from_scores(scores: Tensor, target: Tensor, history: Tensor) -> Tensor:
-    """Ranks from a precomputed score matrix.
+def ranks_from_scores(scores: Tensor, target: Tensor, history: Tensor) -> tuple[Tensor, Tensor]:
+    """Expected ranks and tie counts from a precomputed score matrix.
 
     scores (B, N + 1) with column j = item j, target (B,), history (B, H) 0-padded.
-    Returns (B,) long: 1 + #unmasked items scoring strictly above the target,
-    ``N + 1`` where the target is itself masked.
+    Returns (B,) float64 expected ranks, 1 + #unmasked items scoring strictly
+    above the target + half the #unmasked items tied with it (``N + 1`` where the
+    target is itself masked), and (B,) long tie counts; pass both to
+    :func:`metrics_from_ranks`.
     """
     target_score = scores.gather(1, target[:, None])  # (B, 1)
     masked = torch.cat([scores, scores.new_zeros(scores.shape[0], 1)], 1)  # spare column
@@ -121,12 +150,20 @@ def ranks_from_scores(scores: Tensor, target: Tensor, history: Tensor) -> Tensor
     ids = torch.cat([history, target[:, None]], 1)
     masked.scatter_(1, torch.where(ids < C, ids, C), float("-inf"))
     masked[:, 0] = masked[:, C] = float("-inf")
-    return _finish_ranks(_count_above(masked, target_score), target, history, C - 1)
+    return _finish_ranks(*_count_above(masked, target_score), target, history, C - 1)
 
 
-def _finish_ranks(higher: Tensor, target: Tensor, history: Tensor, num_items: int) -> Tensor:
+def _finish_ranks(
+    higher: Tensor, ties: Tensor, target: Tensor, history: Tensor, num_items: int
+) -> tuple[Tensor, Tensor]:
+    """(expected rank as float64, ties as long); unreachable targets get rank
+    ``num_items + 1`` and no ties."""
     unreachable = (history == target[:, None]).any(1)
-    return torch.where(unreachable, torch.full_like(higher, num_items + 1), higher + 1)
+    rank = higher.double() + 1.0 + ties.double() / 2.0
+    return (
+        torch.where(unreachable, torch.full_like(rank, num_items + 1), rank),
+        torch.where(unreachable, torch.zeros_like(ties), ties),
+    )
 
 
 def _history_matrix(rows: EvalRows, index: np.ndarray, device: torch.device) -> Tensor:
@@ -174,7 +211,8 @@ def evaluate(
     try:
         table = model.item_embeddings()  # (N + 1, d)
         chunks = _chunks(table, _chunk_size(table.shape[0], min(batch_size, len(rows)), item_chunk))
-        ranks = np.empty(len(rows), dtype=np.int64)
+        ranks = np.empty(len(rows), dtype=np.float64)
+        ties = np.empty(len(rows), dtype=np.int64)
         for batch in eval_batches(rows, batch_size, model.batch_transform()):
             b = batch.to(dev)
             h = model.last_hidden(b)  # (B, d)
@@ -187,15 +225,18 @@ def evaluate(
             target_score = (h * table[target]).sum(-1, keepdim=True)  # (B, 1)
             ids = torch.cat([history, target[:, None]], 1)  # (B, H + 1)
             higher = torch.zeros(len(b), dtype=torch.long, device=dev)
+            tied = torch.zeros(len(b), dtype=torch.long, device=dev)
             for start, part in chunks:
-                higher += _count_above(_masked_scores(h, start, part, ids), target_score)
-            ranks[batch.row.numpy()] = (
-                _finish_ranks(higher, target, history, model.num_items).cpu().numpy()
-            )
+                above, equal = _count_above(_masked_scores(h, start, part, ids), target_score)
+                higher += above
+                tied += equal
+            rank, tie = _finish_ranks(higher, tied, target, history, model.num_items)
+            ranks[batch.row.numpy()] = rank.cpu().numpy()
+            ties[batch.row.numpy()] = tie.cpu().numpy()
     finally:
         model.train(was_training)
-    metrics, per_user = metrics_from_ranks(ranks, ks)
-    return EvalResult(metrics, per_user, ranks)
+    metrics, per_user = metrics_from_ranks(ranks, ks, ties)
+    return EvalResult(metrics, per_user, ranks, ties)
 
 
 @torch.no_grad()

@@ -677,6 +677,23 @@ class PersonalizedResult(TrainResult):
     personalizer_states: dict[str, dict[str, Tensor]] = field(default_factory=dict)
 
 
+def split_dev_and_selection(valid: EvalRows, seed: int) -> tuple[EvalRows, EvalRows]:
+    """Disjoint (dev, selection) halves of the validation rows, by a seeded
+    permutation of the users; each keeps the rows' original order."""
+    if len(valid) < 2:
+        raise PersonalizerConfigError(
+            f"dev_data='heldout' needs at least 2 validation users to split, got {len(valid)}"
+        )
+    order = np.random.default_rng([seed, 0xDE5]).permutation(len(valid))
+    half = len(valid) // 2
+    dev_idx, sel_idx = np.sort(order[:half]), np.sort(order[half:])
+
+    def take(index: np.ndarray) -> EvalRows:
+        return EvalRows(valid.history.take(index), valid.target[index], valid.user[index])
+
+    return take(dev_idx), take(sel_idx)
+
+
 def train_personalized(
     train: TrainRows,
     valid: EvalRows,
@@ -694,8 +711,11 @@ def train_personalized(
     """DR4SR+: train ``train_config.model`` wrapped in the personalizer (spec §7).
 
     Same loop, early stopping, checkpoints and test run as :func:`train_model`.
-    ``dev`` is the held-out split for ``dev_data="heldout"`` (default: ``valid``,
-    whose targets are validation items, never test items). The returned model is
+    ``dev`` is the held-out split for ``dev_data="heldout"``. When it is not
+    given, the validation users are split into two disjoint halves
+    (:func:`split_dev_and_selection`): the meta-objective's dev targets come
+    from one, early stopping and checkpoint selection from the other, so no
+    split is used twice; test targets are never touched by either. The returned model is
     the plain recommender (the personalizer is detached from it, so it saves and
     loads like any other); ``weights`` summarises the learned per-position
     weights on ``train`` per row source.
@@ -707,13 +727,17 @@ def train_personalized(
             f"no training row comes from a weighted source {sorted(cfg.weight_sources)} "
             f"(rows per source: {train.counts()}): DR4SR+ would train a plain model at extra cost"
         )
+    if cfg.dev_data == "heldout" and dev is None:
+        # no split used twice: the meta-objective never sees the targets that
+        # early stopping and checkpoint selection are judged on
+        dev, valid = split_dev_and_selection(valid, train_config.seed)
     objective = PersonalizedObjective(
         cfg,
         train,
         train_config.batch_size,
         train_config.seed,
         train_config.loss,
-        dev=(dev if dev is not None else valid) if cfg.dev_data == "heldout" else None,
+        dev=dev if cfg.dev_data == "heldout" else None,
         bucket_chunk=train_config.bucket_chunk,
     )
     result = train_model(
@@ -761,6 +785,7 @@ __all__ = [
     "heldout_batch",
     "implicit_hypergradient",
     "position_weights",
+    "split_dev_and_selection",
     "summarize_weights",
     "train_personalized",
     "weighted_position_loss",

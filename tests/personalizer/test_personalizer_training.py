@@ -217,3 +217,30 @@ def test_double_backward_safe_disables_cudnn_for_rnns_on_cuda():
     with double_backward_safe(model, torch.device("cuda")):
         assert not torch.backends.cudnn.enabled
     assert torch.backends.cudnn.enabled
+
+
+def test_heldout_dev_and_model_selection_use_disjoint_users(tiny, monkeypatch):
+    """The fixed profile's meta-objective and early stopping never share a split."""
+    import models.personalizer as personalizer_module
+
+    split, rows = tiny
+    seen = {}
+    real_train_model = personalizer_module.train_model
+
+    def spy(train, valid, test, *args, **kw):
+        seen["selection"] = valid
+        seen["test"] = test
+        seen["dev"] = kw["loss_fn"].dev
+        return real_train_model(train, valid, test, *args, **kw)
+
+    monkeypatch.setattr(personalizer_module, "train_model", spy)
+    cfg = PersonalizerConfig.fixed(warmup_epochs=0, interval=2)
+    train_personalized(rows, split.valid, split.test, NUM_ITEMS, _train_config("sasrec", 1), cfg)
+    dev_users = set(seen["dev"].user.tolist())
+    selection_users = set(seen["selection"].user.tolist())
+    assert dev_users and selection_users and not dev_users & selection_users
+    assert dev_users | selection_users == set(split.valid.user.tolist())
+    assert len(seen["test"]) == len(split.test)  # test keeps every user, untouched
+    # each half keeps the validation rows' own targets
+    by_user = dict(zip(split.valid.user.tolist(), split.valid.target.tolist(), strict=True))
+    assert all(by_user[u] == t for u, t in zip(seen["dev"].user.tolist(), seen["dev"].target.tolist(), strict=True))

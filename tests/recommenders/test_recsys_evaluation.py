@@ -58,19 +58,22 @@ def test_hand_computed_ranks():
         [
             [9.0, 0.1, 0.5, 0.3, 0.9, 0.2],  # target 3; 4 and 2 beat it; history {4}: rank 2
             [9.0, 0.1, 0.5, 0.3, 0.9, 0.2],  # target 1; everything beats it: history {2}: rank 4
-            [0.0, 0.5, 0.5, 0.5, 0.1, 0.2],  # ties with the target do not count: rank 1
+            [0.0, 0.5, 0.5, 0.5, 0.1, 0.2],  # target 2 tied with 1 and 3: uniform over 1..3
             [0.0, 0.5, 0.4, 0.3, 0.2, 0.1],  # target in history: unreachable
         ]
     )
     target = torch.tensor([3, 1, 2, 3])
     history = torch.tensor([[4, 0], [2, 0], [5, 0], [3, 1]])
-    ranks = ranks_from_scores(scores, target, history)
-    assert ranks.tolist() == [2, 4, 1, 6]
-    metrics, per_user = metrics_from_ranks(ranks.numpy(), ks=(1, 3))
+    ranks, ties = ranks_from_scores(scores, target, history)
+    assert ranks.tolist() == [2, 4, 2, 6]  # the tied target's expected rank is 1 + 2 / 2
+    assert ties.tolist() == [0, 0, 2, 0]
+    metrics, per_user = metrics_from_ranks(ranks.numpy(), ks=(1, 3), ties=ties.numpy())
+    tied_ndcg3 = (1 + 1 / math.log2(3) + 1 / math.log2(4)) / 3  # mean over ranks 1, 2, 3
     assert per_user["recall@3"].tolist() == [1, 0, 1, 0]
-    assert per_user["ndcg@3"].tolist() == pytest.approx([1 / math.log2(3), 0, 1, 0])
-    assert metrics["recall@1"] == 0.25
-    assert metrics["ndcg@3"] == pytest.approx((1 / math.log2(3) + 1) / 4)
+    assert per_user["recall@1"].tolist() == pytest.approx([0, 0, 1 / 3, 0])
+    assert per_user["ndcg@3"].tolist() == pytest.approx([1 / math.log2(3), 0, tied_ndcg3, 0])
+    assert metrics["recall@1"] == pytest.approx(1 / 12)
+    assert metrics["ndcg@3"] == pytest.approx((1 / math.log2(3) + tied_ndcg3) / 4)
 
 
 def test_ranks_agree_with_torchmetrics():
@@ -80,8 +83,9 @@ def test_ranks_agree_with_torchmetrics():
     target = torch.randint(1, n_items + 1, (B,), generator=gen)
     history = torch.randint(0, n_items + 1, (B, 6), generator=gen)
     history[history == target[:, None]] = 0  # keep every target reachable here
-    ranks = ranks_from_scores(scores, target, history)
-    metrics, _ = metrics_from_ranks(ranks.numpy(), ks=(k,))
+    ranks, ties = ranks_from_scores(scores, target, history)
+    assert not ties.any()  # continuous scores: torchmetrics' tie order never matters
+    metrics, _ = metrics_from_ranks(ranks.numpy(), ks=(k,), ties=ties.numpy())
     # torchmetrics sees only the candidates that survive masking
     preds, rel, idx = [], [], []
     for u in range(B):
@@ -163,3 +167,47 @@ def test_paired_significance():
     assert noise["t_p"] > 0.001
     with pytest.raises(EvaluationError):
         paired_significance(a, b[:10])
+
+
+def test_constant_model_scores_like_a_random_ranking():
+    """A model that scores every item equally is a random ranking, not rank 1."""
+    n_users, n_items = 400, 60
+    model, rows, _ = _fixed_setup(n_users=n_users, n_items=n_items)
+    with torch.no_grad():
+        model.table.zero_()  # every score is exactly 0
+    result = evaluate(model, rows, ks=(10, 20), batch_size=64, item_chunk=13)
+    # reference: rank each target by a random permutation of the unmasked items
+    rng = np.random.default_rng(0)
+    draws = []
+    for _ in range(200):
+        ranks = []
+        for h, t in zip(rows.history, rows.target, strict=True):
+            masked = set(h.tolist()) | {0}
+            if t in masked:
+                ranks.append(n_items + 1)
+                continue
+            candidates = n_items - len(masked - {0})  # includes the target
+            ranks.append(1 + int(rng.integers(0, candidates)))
+        draws.append(metrics_from_ranks(np.array(ranks), ks=(10, 20))[0])
+    for name in ("ndcg@10", "recall@10", "ndcg@20", "recall@20"):
+        sampled = np.array([d[name] for d in draws])
+        # the exact expectation sits inside the sampling spread of random rankings
+        assert abs(result.metrics[name] - sampled.mean()) < 3 * sampled.std() / math.sqrt(len(draws)) + 1e-9
+        assert result.metrics[name] < 0.5  # far from the 1.0 a favourable tie rule gives
+    reachable = result.ties > 0
+    assert reachable.any()
+    assert np.all(result.ranks[reachable] == 1 + result.ties[reachable] / 2)
+
+
+def test_expected_metrics_match_random_tie_breaking():
+    """The closed-form expectation equals the mean over random tie orders."""
+    rng = np.random.default_rng(3)
+    higher = rng.integers(0, 15, size=300)
+    ties = rng.integers(0, 12, size=300)
+    ranks = 1 + higher + ties / 2
+    metrics, _ = metrics_from_ranks(ranks, ks=(5, 10), ties=ties)
+    sampled = [
+        metrics_from_ranks(1 + higher + rng.integers(0, ties + 1), ks=(5, 10))[0] for _ in range(4000)
+    ]
+    for name, value in metrics.items():
+        assert value == pytest.approx(np.mean([s[name] for s in sampled]), abs=4e-3)

@@ -279,3 +279,27 @@ def test_config_validation():
         TrainConfig(model="caser")
     cfg = TrainConfig(model="gru4rec", ks=[5, 10])
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.as_dict()))) == cfg
+
+
+def test_early_stopping_never_selects_a_constant_model(data):
+    """An epoch whose model scores every item equally scores like a random
+    ranking (ties count half a rank), so the trainer never keeps it."""
+    split, n = data
+    flat_epoch = 2
+
+    def flatten_at_end_of_epoch(model, batch, step, epoch):
+        steps_per_epoch = -(-len(split.train) // 32)
+        if epoch == flat_epoch and step == (epoch + 1) * steps_per_epoch:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.zero_()  # every item embedding 0: all scores tie
+
+    result = train_model(
+        split.train, split.valid, split.test, n,
+        _config(epochs=4, bucket_chunk=0), step_hook=flatten_at_end_of_epoch,
+    )
+    flat = result.history[flat_epoch]
+    assert result.best_epoch != flat_epoch
+    assert flat["ndcg@20"] < 0.6 * max(h["ndcg@20"] for h in result.history)
+    # a random ranking of about 60 candidates: recall@20 near 20 / 60, not 1
+    assert flat["recall@20"] < 0.5
