@@ -1,31 +1,61 @@
-"""Quality under the paper's protocol: train a target model on original,
-regenerated (DR4SR) or personalized (DR4SR+) data and report test metrics.
+"""Quality under the paper's protocol, recorded: train target models on original,
+regenerated (DR4SR) or personalized (DR4SR+) data and append every finished run
+to ``benchmarks/results/quality.jsonl``.
+
+One run:
 
     python benchmarks/quality.py --dataset ../shared/data/amazon-beauty.txt --model sasrec
-    python benchmarks/quality.py --dataset ... --variant dr4sr --profile parity
-    python benchmarks/quality.py --dataset ... --variant dr4sr+ --ablation end_to_end
+    python benchmarks/quality.py --dataset ... --variant dr4sr --loss ce --seeds 1,2,3 --record
 
-The regenerated data is produced in the same run (or reused with
-``--regenerated DIR``, a folder written by ``dr4sr regenerate``). Progress
-goes to stderr; the last stdout line is one JSON object with ``dataset``,
-``model``, ``variant``, ``device``, ``epochs``, ``seconds`` and ``test``.
-``--record`` also appends the figures to ``benchmarks/results/quality.jsonl``.
+A grid (datasets x models x variants x losses, every cell for every seed):
+
+    nohup python benchmarks/quality.py --record --seeds 1,2,3 \\
+        --grid "../shared/data/amazon-beauty.txt,../shared/data/amazon-sports.txt x sasrec x original,dr4sr,dr4sr+ x bce,ce" \\
+        > /tmp/quality.log 2>&1 &
+
+Protocol (the same for every arm): leave-one-out split, full ranking with ties
+counted at their expected rank, early stopping on validation NDCG@20 with
+patience 20 and at most 1000 epochs. A run that reaches its epoch cap is
+recorded with ``stopped: "capped"`` and is not comparable. DR4SR+ with the
+``fixed`` personalizer fits its meta-objective on one half of the validation
+users and selects its checkpoint on the other half (no split used twice).
+
+One regeneration per (dataset, regeneration settings) serves every seed and
+every target model: it is cached under ``benchmarks/out/regen/`` (a file lock
+makes a second process wait for it rather than repeat it).
+
+Per-user test metrics of every run are kept under
+``benchmarks/results/per_user/`` so that any two runs on the same dataset can
+be paired; a non-original run records ``p_vs_original``, the paired t-test and
+Wilcoxon test over users of its test NDCG@20 against the original run with the
+same model, loss and seed (when that run exists). ``quality_table.py`` turns
+the JSONL into ``quality.md``.
+
+Runs already in the JSONL (same dataset, model, variant, loss, seed, profiles,
+regeneration settings and code) are skipped, so a grid can be restarted.
+Progress goes to stderr; every finished run prints one JSON line on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
+import hashlib
 import json
+import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from models.data.preprocess import prepare  # noqa: E402
+from models.evaluation import paired_significance  # noqa: E402
 from models.pipeline import (  # noqa: E402
     RegenerationConfig,
     TrainJobConfig,
@@ -35,83 +65,275 @@ from models.pipeline import (  # noqa: E402
 )
 from models.progress import ProgressEvent  # noqa: E402
 
+RESULTS = ROOT / "benchmarks" / "results"
+JSONL = RESULTS / "quality.jsonl"
+PER_USER = RESULTS / "per_user"
+REGEN_CACHE = ROOT / "benchmarks" / "out" / "regen"
+VARIANTS = ("original", "dr4sr", "dr4sr+")
 
-def _log_progress(event: ProgressEvent) -> None:
-    if event.stage.endswith("valid") or (event.total and event.done == event.total and "train" not in event.stage):
-        metrics = " ".join(f"{k}={v:.4f}" for k, v in event.metrics.items())
-        print(f"[{time.strftime('%H:%M:%S')}] {event.stage} epoch={event.epoch} {metrics} {event.message or ''}",
-              file=sys.stderr, flush=True)
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _progress(tag: str):
+    def log(event: ProgressEvent) -> None:
+        if event.stage.endswith("valid") or (
+            event.total and event.done == event.total and "train" not in event.stage
+        ):
+            metrics = " ".join(f"{k}={v:.4f}" for k, v in event.metrics.items())
+            _log(f"{tag} {event.stage} epoch={event.epoch} {metrics} {event.message or ''}")
+
+    return log
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "models"],
+            cwd=ROOT, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        return out + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _parse_sets(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --regen-set expects key=value, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _regen_key(dataset: Path, settings: dict[str, Any]) -> str:
+    blob = json.dumps({"dataset": dataset.name, **settings}, sort_keys=True)
+    return f"{dataset.stem}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
+
+
+def regenerated_rows(dataset_path: Path, dataset, settings: dict[str, Any], device: str):
+    """The cached regeneration for these settings, made once under a file lock."""
+    folder = REGEN_CACHE / _regen_key(dataset_path, settings)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits for the first's regeneration
+        if not (folder / "regenerated.npz").exists():
+            _log(f"regenerating {dataset_path.name} with {settings} -> {folder}")
+            config = RegenerationConfig(device=device, **settings)
+            regenerate(dataset, config, folder, _progress(f"regen {dataset_path.stem}"))
+    stats = json.loads((folder / "stats.json").read_text())
+    made_with = json.loads((folder / "config.json").read_text())["regeneration"]
+    return load_rows(folder / "regenerated.npz"), stats, made_with, folder
+
+
+def _load_records() -> list[dict[str, Any]]:
+    if not JSONL.exists():
+        return []
+    return [json.loads(line) for line in JSONL.read_text().splitlines() if line.strip()]
+
+
+def _identity(rec: dict[str, Any]) -> tuple:
+    return (
+        rec["dataset"], rec["model"], rec["variant"], rec.get("loss", "bce"), rec.get("seed"),
+        rec.get("profile"), rec.get("personalizer_profile"), rec.get("ablation", "none"),
+        json.dumps(rec.get("regeneration_settings") or {}, sort_keys=True),
+        rec.get("bucket_chunk", 32), rec.get("tag"),
+    )
+
+
+def _per_user_path(rec: dict[str, Any]) -> Path:
+    parts = [
+        Path(rec["dataset"]).stem, rec["model"], rec["variant"].replace("+", "plus"), rec["loss"],
+        f"s{rec['seed']}", rec.get("profile") or "none", rec.get("personalizer_profile") or "none",
+        rec.get("ablation", "none"), f"b{rec.get('bucket_chunk', 0)}",
+    ]
+    if rec.get("regeneration_settings"):
+        parts.append(hashlib.sha1(json.dumps(rec["regeneration_settings"], sort_keys=True).encode()).hexdigest()[:8])
+    if rec.get("tag"):
+        parts.append(rec["tag"])
+    return PER_USER / ("-".join(parts) + ".npz")
+
+
+def _original_for(rec: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The latest original run with the same dataset, model, loss, seed and batching."""
+    for other in reversed(records):
+        if (
+            other["variant"] == "original" and other["dataset"] == rec["dataset"]
+            and other["model"] == rec["model"] and other.get("loss", "bce") == rec["loss"]
+            and other.get("seed") == rec["seed"] and other.get("bucket_chunk", 32) == rec["bucket_chunk"]
+            and other.get("per_user") and (ROOT / other["per_user"]).exists()
+        ):
+            return other
+    return None
+
+
+def p_vs_original(rec: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    base = _original_for(rec, records)
+    if base is None or rec["variant"] == "original":
+        return None
+    ours = np.load(ROOT / rec["per_user"])["ndcg@20"]
+    theirs = np.load(ROOT / base["per_user"])["ndcg@20"]
+    test = paired_significance(ours.astype(np.float64), theirs.astype(np.float64))
+    return {"metric": "ndcg@20", "t_p": test["t_p"], "wilcoxon_p": test["wilcoxon_p"],
+            "mean_diff": test["mean_diff"], "n": int(test["n"])}
+
+
+def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed: int,
+            cache: dict) -> dict[str, Any] | None:
+    settings = {"profile": args.profile, **_parse_sets(args.regen_set)}
+    if args.ablation in ("no_diversity", "patterns_only"):
+        settings["ablation"] = args.ablation
+    if args.regenerator_epochs is not None:
+        settings["regenerator_epochs"] = args.regenerator_epochs
+    if args.pretrain_epochs is not None:
+        settings["pretrain_epochs"] = args.pretrain_epochs
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    rec: dict[str, Any] = {
+        "dataset": dataset_path.name, "model": model, "variant": variant, "loss": loss, "seed": seed,
+        "ablation": args.ablation if variant != "original" else "none",
+        "profile": settings["profile"] if variant != "original" else None,
+        "personalizer_profile": args.personalizer_profile if variant == "dr4sr+" else None,
+        "regeneration_settings": {k: v for k, v in settings.items() if k != "profile"} if variant != "original" else {},
+        "bucket_chunk": args.bucket_chunk,
+        "tag": args.tag,
+    }
+    records = _load_records()
+    if not args.force and any(_identity(r) == _identity(rec) for r in records):
+        _log(f"skip (already recorded): {dataset_path.name} {model} {variant} {loss} seed {seed}")
+        return None
+    started = time.perf_counter()
+    if dataset_path not in cache:
+        cache[dataset_path] = prepare(dataset_path)
+    dataset = cache[dataset_path]
+    rows, regen_stats, regen_folder = None, None, None
+    if variant != "original":
+        rows, regen_stats, made_with, regen_folder = regenerated_rows(dataset_path, dataset, settings, device)
+        rec["profile"] = made_with["profile"]
+    personalizer = {"mode": "end_to_end"} if args.ablation == "end_to_end" else {}
+    cfg = TrainJobConfig(
+        model=model, personalize=variant == "dr4sr+", epochs=args.epochs, patience=args.patience,
+        seed=seed, device=device, loss=loss, personalizer_profile=args.personalizer_profile,
+        personalizer=personalizer,
+    )
+    tag = f"{dataset_path.stem} {model} {variant} {loss} s{seed}"
+    _log(f"start {tag}")
+    work = REGEN_CACHE.parent / "runs" / f"{tag.replace(' ', '-')}-{int(time.time())}"
+    outcome = _train_with_bucket(dataset, rows, cfg, work, _progress(tag), args.bucket_chunk)
+    report = outcome.report
+    stopped = "early" if report["epochs_run"] < args.epochs else "capped"
+    rec.update({
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "stopped": stopped,
+        "epochs": report["epochs_run"],
+        "best_epoch": report["best_epoch"],
+        "seconds": round(time.perf_counter() - started, 1),
+        "train_seconds": report["seconds"],
+        "test": report["test"],
+        "valid": report["valid"],
+        "rows": report["dataset"]["training_rows"],
+        "regeneration": None if regen_stats is None else {
+            "folder": str(regen_folder.relative_to(ROOT)),
+            "timings": regen_stats.get("timings"),
+            "shared_by_seeds": True,
+        },
+        "commit": _commit(),
+        "date": time.strftime("%Y-%m-%d"),
+    })
+    if variant == "dr4sr+":
+        rec["weights"] = {
+            src: {k: w[k] for k in ("mean", "std", "min", "max", "positions", "weighted")}
+            for src, w in report.get("weights", {}).items()
+        }
+        meta = report.get("personalizer", {}).get("meta", {})
+        rec["personalizer_meta"] = {k: v for k, v in meta.items() if isinstance(v, (int, float, str))}
+    per_user = _per_user_path(rec)
+    per_user.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(per_user, **{k: np.asarray(v, dtype=np.float32) for k, v in outcome.per_user.items()})
+    rec["per_user"] = str(per_user.relative_to(ROOT))
+    rec["p_vs_original"] = p_vs_original(rec, records)
+    if args.record:
+        with open(JSONL, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+    print(json.dumps(rec), flush=True)
+    return rec
+
+
+def _train_with_bucket(dataset, rows, cfg, work: Path, progress, bucket_chunk: int):
+    """pipeline.train with the trainer's batching choice (bucket_chunk) set explicitly."""
+    import models.training as training
+
+    original = training.TrainConfig.__init__
+
+    def init(self, *a, **kw):
+        kw.setdefault("bucket_chunk", bucket_chunk)
+        original(self, *a, **kw)
+
+    training.TrainConfig.__init__ = init
+    try:
+        return train(dataset, rows, cfg, work, progress)
+    finally:
+        training.TrainConfig.__init__ = original
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", required=True, type=Path)
+    p.add_argument("--dataset", type=Path, help="One dataset (or use --grid).")
     p.add_argument("--model", default="sasrec")
-    p.add_argument("--variant", default="original", choices=["original", "dr4sr", "dr4sr+"])
+    p.add_argument("--variant", default="original", choices=VARIANTS)
+    p.add_argument("--loss", default="bce", choices=["bce", "ce"])
+    p.add_argument("--seeds", default="2023", help="Comma-separated training seeds, e.g. 1,2,3.")
+    p.add_argument("--grid", help='"DATASETS x MODELS x VARIANTS x LOSSES", each a comma-separated list.')
     p.add_argument("--ablation", default="none", choices=["none", "no_diversity", "patterns_only", "end_to_end"],
                    help="Paper Table 4: (A) no_diversity, (B) patterns_only, (C) end_to_end (DR4SR+ only).")
-    p.add_argument("--profile", default="fixed", choices=["parity", "fixed"], help="Regenerator profile (default: the product default, fixed).")
-    p.add_argument("--personalizer-profile", default="parity", choices=["parity", "fixed"])
-    p.add_argument("--regenerated", type=Path, help="Reuse a `dr4sr regenerate` folder.")
+    p.add_argument("--profile", default="fixed", choices=["parity", "fixed"], help="Regenerator profile.")
+    p.add_argument("--personalizer-profile", default="fixed", choices=["parity", "fixed"])
+    p.add_argument("--regen-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="Regeneration setting (JSON value), e.g. --regen-set beta=3; repeatable.")
+    p.add_argument("--regenerator-epochs", type=int)
+    p.add_argument("--pretrain-epochs", type=int)
     p.add_argument("--epochs", type=int, default=1000)
     p.add_argument("--patience", type=int, default=20)
-    p.add_argument("--regenerator-epochs", type=int, default=40)
-    p.add_argument("--pretrain-epochs", type=int, default=200)
+    p.add_argument("--bucket-chunk", type=int, default=0,
+                   help="Trainer length bucketing (0 = uniform shuffling, the reference's batching).")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for this process.")
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=2023)
-    p.add_argument("--record", action="store_true", help="Append the result to benchmarks/results/quality.jsonl.")
+    p.add_argument("--tag", default=None, help="Label for an experiment arm (kept in the record).")
+    p.add_argument("--force", action="store_true", help="Run even when an identical run is recorded.")
+    p.add_argument("--record", action="store_true", help="Append results to benchmarks/results/quality.jsonl.")
     args = p.parse_args()
-
-    started = time.perf_counter()
-    dataset = prepare(args.dataset)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    work = Path(tempfile.mkdtemp(prefix="dr4sr-quality-"))
-    rows, regen_stats = None, None
-    if args.variant != "original":
-        if args.regenerated:
-            rows = load_rows(args.regenerated / "regenerated.npz")
-            regen_stats = json.loads((args.regenerated / "stats.json").read_text())
-            # the profile (and ablation) the folder was made with, not the flag's default
-            made_with = json.loads((args.regenerated / "config.json").read_text())["regeneration"]
-            args.profile = made_with["profile"]
-            if args.ablation == "none" and made_with.get("ablation"):
-                args.ablation = made_with["ablation"]
-        else:
-            ablation = args.ablation if args.ablation in ("no_diversity", "patterns_only") else None
-            config = RegenerationConfig(
-                profile=args.profile, regenerator_epochs=args.regenerator_epochs,
-                pretrain_epochs=args.pretrain_epochs, device=device, ablation=ablation,
-            )
-            outcome = regenerate(dataset, config, work / "regenerated", _log_progress)
-            rows, regen_stats = outcome.rows, outcome.stats
-    personalizer = {"mode": "end_to_end"} if args.ablation == "end_to_end" else {}
-    cfg = TrainJobConfig(
-        model=args.model, personalize=args.variant == "dr4sr+", epochs=args.epochs, patience=args.patience,
-        seed=args.seed, device=device, personalizer_profile=args.personalizer_profile, personalizer=personalizer,
-    )
-    outcome = train(dataset, rows, cfg, work / "trained", _log_progress)
-    result = {
-        "dataset": args.dataset.name,
-        "model": args.model,
-        "variant": args.variant,
-        "ablation": args.ablation,
-        "profile": args.profile if args.variant != "original" else None,
-        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
-        "epochs": outcome.report["epochs_run"],
-        "best_epoch": outcome.report["best_epoch"],
-        "seconds": round(time.perf_counter() - started, 1),
-        "test": outcome.report["test"],
-        "valid": outcome.report["valid"],
-        "rows": outcome.report["dataset"]["training_rows"],
-        "regeneration_timings": (regen_stats or {}).get("timings"),
-        "report": str(work / "trained" / "report.html"),
-    }
-    if args.record:
-        path = Path(__file__).resolve().parent / "results" / "quality.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as fh:
-            fh.write(json.dumps({**result, "date": time.strftime("%Y-%m-%d")}) + "\n")
-    print(json.dumps(result))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.grid:
+        parts = [part.strip() for part in args.grid.split(" x ")]
+        if len(parts) != 4:
+            raise SystemExit("error: --grid needs four ' x '-separated lists: DATASETS x MODELS x VARIANTS x LOSSES")
+        datasets, models_, variants, losses = ([v.strip() for v in part.split(",") if v.strip()] for part in parts)
+        bad = [v for v in variants if v not in VARIANTS] + [v for v in losses if v not in ("bce", "ce")]
+        if bad:
+            raise SystemExit(f"error: unknown variant or loss in --grid: {bad}")
+        cells = [(Path(d), m, v, lo) for d in datasets for lo in losses for m in models_ for v in variants]
+    elif args.dataset:
+        cells = [(args.dataset, args.model, args.variant, args.loss)]
+    else:
+        raise SystemExit("error: give --dataset or --grid")
+    for d, *_ in cells:
+        if not d.exists():
+            raise SystemExit(f"error: dataset {d} does not exist")
+    cache: dict = {}
+    # seed-major order: every arm of seed 1 lands (and can be paired) before seed 2 starts
+    for seed in seeds:
+        for d, m, v, lo in cells:
+            run_one(args, d, m, v, lo, seed, cache)
 
 
 if __name__ == "__main__":
