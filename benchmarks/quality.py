@@ -302,8 +302,9 @@ def main() -> None:
     p.add_argument("--pretrain-epochs", type=int)
     p.add_argument("--epochs", type=int, default=1000)
     p.add_argument("--patience", type=int, default=20)
-    p.add_argument("--bucket-chunk", type=int, default=0,
-                   help="Trainer length bucketing (0 = uniform shuffling, the reference's batching).")
+    p.add_argument("--bucket-chunk", type=int, default=32,
+                   help="Trainer length bucketing in chunks of this many batches (the trainer's default, 32); "
+                        "0 = uniform shuffling, the reference's batching.")
     p.add_argument("--threads", type=int, default=None, help="torch threads for this process.")
     p.add_argument("--device", default="auto")
     p.add_argument("--tag", default=None, help="Label for an experiment arm (kept in the record).")
