@@ -26,7 +26,7 @@ from app.auth import CallerCache
 from app.db import make_engine, make_sessionmaker
 from app.deps import Services
 from app.errors import ErrorResponse, install_error_handlers
-from app.routers import datasets, health, jobs
+from app.routers import datasets, health, jobs, ui
 from app.settings import Settings, get_settings
 from app.storage import ArtifactStore
 from workers.celery_app import make_celery
@@ -139,6 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(datasets.router)
     app.include_router(jobs.router)
+    ui.install(app)  # the web console at /ui/ (not in the OpenAPI document)
     _document_error_shape(app)
     return app
 
