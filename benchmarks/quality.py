@@ -42,6 +42,7 @@ import argparse
 import fcntl
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -65,10 +66,13 @@ from models.pipeline import (  # noqa: E402
 )
 from models.progress import ProgressEvent  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
+# DR4SR_QUALITY_RESULTS redirects the results folder (the harness's own tests use it);
+# per-user paths in the JSONL are relative to its grandparent (the project root by default)
+RESULTS = Path(os.environ.get("DR4SR_QUALITY_RESULTS", ROOT / "benchmarks" / "results"))
+BASE = RESULTS.parent.parent
 JSONL = RESULTS / "quality.jsonl"
 PER_USER = RESULTS / "per_user"
-REGEN_CACHE = ROOT / "benchmarks" / "out" / "regen"
+REGEN_CACHE = BASE / "benchmarks" / "out" / "regen"
 VARIANTS = ("original", "dr4sr", "dr4sr+")
 
 
@@ -169,7 +173,7 @@ def _original_for(rec: dict[str, Any], records: list[dict[str, Any]]) -> dict[st
             other["variant"] == "original" and other["dataset"] == rec["dataset"]
             and other["model"] == rec["model"] and other.get("loss", "bce") == rec["loss"]
             and other.get("seed") == rec["seed"] and other.get("bucket_chunk", 32) == rec["bucket_chunk"]
-            and other.get("per_user") and (ROOT / other["per_user"]).exists()
+            and other.get("per_user") and (BASE / other["per_user"]).exists()
         ):
             return other
     return None
@@ -179,8 +183,8 @@ def p_vs_original(rec: dict[str, Any], records: list[dict[str, Any]]) -> dict[st
     base = _original_for(rec, records)
     if base is None or rec["variant"] == "original":
         return None
-    ours = np.load(ROOT / rec["per_user"])["ndcg@20"]
-    theirs = np.load(ROOT / base["per_user"])["ndcg@20"]
+    ours = np.load(BASE / rec["per_user"])["ndcg@20"]
+    theirs = np.load(BASE / base["per_user"])["ndcg@20"]
     test = paired_significance(ours.astype(np.float64), theirs.astype(np.float64))
     return {"metric": "ndcg@20", "t_p": test["t_p"], "wilcoxon_p": test["wilcoxon_p"],
             "mean_diff": test["mean_diff"], "n": int(test["n"])}
@@ -217,16 +221,17 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
     if variant != "original":
         rows, regen_stats, made_with, regen_folder = regenerated_rows(dataset_path, dataset, settings, device)
         rec["profile"] = made_with["profile"]
-    personalizer = {"mode": "end_to_end"} if args.ablation == "end_to_end" else {}
+    personalizer = {"profile": args.personalizer_profile}
+    if args.ablation == "end_to_end":
+        personalizer["mode"] = "end_to_end"
     cfg = TrainJobConfig(
         model=model, personalize=variant == "dr4sr+", epochs=args.epochs, patience=args.patience,
-        seed=seed, device=device, loss=loss, personalizer_profile=args.personalizer_profile,
-        personalizer=personalizer,
+        seed=seed, device=device, loss=loss, bucket_chunk=args.bucket_chunk, personalizer=personalizer,
     )
     tag = f"{dataset_path.stem} {model} {variant} {loss} s{seed}"
     _log(f"start {tag}")
     work = REGEN_CACHE.parent / "runs" / f"{tag.replace(' ', '-')}-{int(time.time())}"
-    outcome = _train_with_bucket(dataset, rows, cfg, work, _progress(tag), args.bucket_chunk)
+    outcome = train(dataset, rows, cfg, work, _progress(tag))
     report = outcome.report
     stopped = "early" if report["epochs_run"] < args.epochs else "capped"
     rec.update({
@@ -241,7 +246,7 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
         "valid": report["valid"],
         "rows": report["dataset"]["training_rows"],
         "regeneration": None if regen_stats is None else {
-            "folder": str(regen_folder.relative_to(ROOT)),
+            "folder": str(regen_folder.relative_to(BASE)),
             "timings": regen_stats.get("timings"),
             "shared_by_seeds": True,
         },
@@ -258,30 +263,13 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
     per_user = _per_user_path(rec)
     per_user.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(per_user, **{k: np.asarray(v, dtype=np.float32) for k, v in outcome.per_user.items()})
-    rec["per_user"] = str(per_user.relative_to(ROOT))
+    rec["per_user"] = str(per_user.relative_to(BASE))
     rec["p_vs_original"] = p_vs_original(rec, records)
     if args.record:
         with open(JSONL, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
     print(json.dumps(rec), flush=True)
     return rec
-
-
-def _train_with_bucket(dataset, rows, cfg, work: Path, progress, bucket_chunk: int):
-    """pipeline.train with the trainer's batching choice (bucket_chunk) set explicitly."""
-    import models.training as training
-
-    original = training.TrainConfig.__init__
-
-    def init(self, *a, **kw):
-        kw.setdefault("bucket_chunk", bucket_chunk)
-        original(self, *a, **kw)
-
-    training.TrainConfig.__init__ = init
-    try:
-        return train(dataset, rows, cfg, work, progress)
-    finally:
-        training.TrainConfig.__init__ = original
 
 
 def main() -> None:

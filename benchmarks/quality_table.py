@@ -1,0 +1,222 @@
+"""Generate ``benchmarks/results/quality.md`` from ``quality.jsonl`` (never edit it by hand).
+
+    python benchmarks/quality_table.py            # writes quality.md, prints it
+
+One table row per cell (dataset, model, loss, variant and the settings that
+define an arm): mean ± sd over seeds of the test metrics, the seeds present,
+how many runs stopped early, the paper's figure beside ours (the paper trains
+with BCE, so only BCE rows have one), and the significance of the difference
+to the original arm with the same dataset, model, loss and batching: per seed
+a paired t-test over users of test NDCG@20, and pooled over the seeds both
+arms share (per-user NDCG@20 averaged over those seeds, then paired t and
+Wilcoxon). DR4SR+ rows show the spread of the learned weights.
+
+Records written before the tie-aware evaluation (no ``commit`` field) are
+listed apart as legacy figures and never compared. The prose in
+``quality_notes.md`` (what was tried and why) is appended verbatim.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+# DR4SR_QUALITY_RESULTS redirects the results folder (the harness's own tests use it)
+RESULTS = Path(os.environ.get("DR4SR_QUALITY_RESULTS", ROOT / "benchmarks" / "results"))
+
+# paper Table 3 (SASRec/GRU4Rec/FMLP... x orig/DR4SR/DR4SR+), NDCG@20 and Recall@20, BCE
+PAPER = {
+    ("amazon-beauty", "sasrec"): {"original": (0.0368, 0.0847), "dr4sr": (0.0395, 0.0906), "dr4sr+": (0.0412, 0.0919)},
+    ("amazon-sports", "sasrec"): {"original": (0.0194, 0.0449), "dr4sr": (0.0220, 0.0512), "dr4sr+": (0.0235, 0.0525)},
+    ("amazon-beauty", "gru4rec"): {"original": (0.0150, 0.0382), "dr4sr": (0.0177, 0.0448), "dr4sr+": (0.0194, 0.0473)},
+    ("amazon-sports", "gru4rec"): {"original": (0.0115, 0.0279), "dr4sr": (0.0135, 0.0341), "dr4sr+": (0.0151, 0.0360)},
+    ("amazon-beauty", "fmlp"): {"original": (0.0394, 0.0934), "dr4sr": (0.0421, 0.0993), "dr4sr+": (0.0449, 0.1056)},
+    ("amazon-sports", "fmlp"): {"original": (0.0217, 0.0524), "dr4sr": (0.0230, 0.0559), "dr4sr+": (0.0253, 0.0597)},
+}
+VARIANT_ORDER = {"original": 0, "dr4sr": 1, "dr4sr+": 2}
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def arm_key(rec: dict[str, Any]) -> tuple:
+    """Everything that defines an experiment arm except the seed."""
+    return (
+        Path(rec["dataset"]).stem, rec["model"], rec.get("loss", "bce"), rec["variant"],
+        rec.get("profile"), rec.get("personalizer_profile"), rec.get("ablation", "none"),
+        json.dumps(rec.get("regeneration_settings") or {}, sort_keys=True),
+        rec.get("bucket_chunk", 32), rec.get("tag"),
+    )
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+
+def _per_user(rec: dict[str, Any]) -> np.ndarray | None:
+    path = RESULTS.parent.parent / rec["per_user"] if rec.get("per_user") else None
+    if path is None or not path.exists():
+        return None
+    return np.load(path)["ndcg@20"].astype(np.float64)
+
+
+def pooled_test(ours: list[dict], base: list[dict]) -> dict[str, Any] | None:
+    """Paired tests over users of NDCG@20 averaged over the seeds both arms have."""
+    by_seed_ours = {r["seed"]: r for r in ours}
+    by_seed_base = {r["seed"]: r for r in base}
+    seeds = sorted(set(by_seed_ours) & set(by_seed_base))
+    a, b = [], []
+    for s in seeds:
+        x, y = _per_user(by_seed_ours[s]), _per_user(by_seed_base[s])
+        if x is None or y is None or x.shape != y.shape:
+            continue
+        a.append(x)
+        b.append(y)
+    if not a:
+        return None
+    shared = len(a)
+    a, b = np.mean(a, 0), np.mean(b, 0)
+    diff = a - b
+    if not np.any(diff):
+        return {"seeds": shared, "t_p": 1.0, "w_p": 1.0, "diff": 0.0}
+    return {
+        "seeds": shared,
+        "t_p": float(stats.ttest_rel(a, b).pvalue),
+        "w_p": float(stats.wilcoxon(a, b).pvalue),
+        "diff": float(diff.mean()),
+    }
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.1e}" if value < 1e-3 else f"{value:.3f}"
+
+
+def _mark(test: dict | None) -> str:
+    if not test:
+        return ""
+    if test["t_p"] < 0.05:
+        return " ▲" if test["diff"] > 0 else " ▼"
+    return " ="
+
+
+def _weights(runs: list[dict]) -> str:
+    parts = []
+    for src in ("original", "pattern", "regenerated"):
+        ws = [r["weights"][src] for r in runs if r.get("weights", {}).get(src, {}).get("weighted")]
+        if ws:
+            parts.append(f"{src[:3]} {np.mean([w['mean'] for w in ws]):.2f}±{np.mean([w['std'] for w in ws]):.2f}")
+    return ", ".join(parts) or "–"
+
+
+def render(records: list[dict[str, Any]], notes: str) -> str:
+    legacy = [r for r in records if "commit" not in r]
+    current = [r for r in records if "commit" in r]
+    arms: dict[tuple, list[dict]] = defaultdict(list)
+    for r in current:
+        arms[arm_key(r)].append(r)
+    out = [
+        "# Quality: measured, seeded, significance-tested",
+        "",
+        "Generated by `python benchmarks/quality_table.py` from `quality.jsonl`; do not edit by hand.",
+        "Runs are appended by `benchmarks/quality.py --record` (see its docstring for the protocol:",
+        "leave-one-out, full ranking with ties at their expected rank, early stopping on validation",
+        "NDCG@20 with patience 20 and at most 1000 epochs, three seeds).",
+        "",
+        "Columns: test NDCG@20 / Recall@20 / NDCG@10 as mean ± sd over seeds; `paper` = the paper's",
+        "NDCG@20 (BCE only); `early` = runs that stopped early out of runs (a capped run is not",
+        "comparable); `p (pooled)` = paired t-test over users of NDCG@20 averaged over the seeds",
+        "both arms share, against the original arm of the same dataset, model, loss and batching",
+        "(▲/▼ significant at 0.05, = not significant); `p per seed` = the same test seed by seed.",
+        "One regeneration per dataset and setting serves every seed and model.",
+        "",
+        "| dataset | model | loss | variant | arm | seeds | NDCG@20 | Recall@20 | NDCG@10 | paper N@20 | early | p (pooled) | p per seed | DR4SR+ weights | epochs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def sort_key(item):
+        k = item[0]
+        return (k[0], k[1], k[2], str(k[8]), VARIANT_ORDER.get(k[3], 9), str(k[4]), str(k[5]), k[7], str(k[9]))
+
+    for key, runs in sorted(arms.items(), key=sort_key):
+        dataset, model, loss, variant, profile, pprofile, ablation, settings, bucket, tag = key
+        runs = sorted(runs, key=lambda r: r["seed"])
+        base_key = (dataset, model, loss, "original", None, None, "none", "{}", bucket, None)
+        base = arms.get(base_key, [])
+        pooled = pooled_test(runs, base) if variant != "original" and base else None
+        per_seed = [
+            f"s{r['seed']} {_p(r['p_vs_original']['t_p'])}" for r in runs if r.get("p_vs_original")
+        ]
+        arm = []
+        if profile:
+            arm.append(f"regen {profile}")
+        if pprofile:
+            arm.append(f"pers {pprofile}")
+        if ablation != "none":
+            arm.append(ablation)
+        if settings != "{}":
+            arm.append(settings.replace("|", "/"))
+        arm.append(f"bucket {bucket}")
+        if tag:
+            arm.append(f"tag {tag}")
+        paper = PAPER.get((dataset, model), {}).get(variant) if loss == "bce" else None
+        early = sum(r.get("stopped") == "early" for r in runs)
+        out.append(
+            "| " + " | ".join([
+                dataset, model, loss, variant, "; ".join(arm), ",".join(str(r["seed"]) for r in runs),
+                _fmt([r["test"]["ndcg@20"] for r in runs]) + (_mark(pooled) if pooled else ""),
+                _fmt([r["test"]["recall@20"] for r in runs]),
+                _fmt([r["test"]["ndcg@10"] for r in runs]),
+                f"{paper[0]:.4f}" if paper else "–",
+                f"{early}/{len(runs)}",
+                (f"{_p(pooled['t_p'])} (W {_p(pooled['w_p'])})" if pooled else "–"),
+                "; ".join(per_seed) or "–",
+                _weights(runs) if variant == "dr4sr+" else "",
+                ",".join(str(r["epochs"]) for r in runs),
+            ]) + " |"
+        )
+    if legacy:
+        out += [
+            "",
+            "## Legacy figures (before tie-aware evaluation; one seed; not comparable)",
+            "",
+            "| dataset | model | variant | profile | epochs | test NDCG@20 | date |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in legacy:
+            out.append(
+                f"| {Path(r['dataset']).stem} | {r['model']} | {r['variant']} | {r.get('profile') or '–'} | "
+                f"{r['epochs']} | {r['test']['ndcg@20']:.4f} | {r.get('date', '–')} |"
+            )
+    if notes.strip():
+        out += ["", notes.strip()]
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    records = load(RESULTS / "quality.jsonl")
+    notes_path = RESULTS / "quality_notes.md"
+    notes = notes_path.read_text() if notes_path.exists() else ""
+    text = render(records, notes)
+    (RESULTS / "quality.md").write_text(text)
+    sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()

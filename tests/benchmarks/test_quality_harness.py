@@ -1,0 +1,77 @@
+"""The quality harness records what the quality table is generated from."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+REQUIRED = {
+    "dataset", "model", "variant", "loss", "seed", "profile", "device", "stopped", "best_epoch",
+    "seconds", "test", "valid", "commit", "p_vs_original", "per_user",
+}
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    base = tmp_path_factory.mktemp("quality")
+    data = base / "log.csv"
+    subprocess.run([sys.executable, "-m", "app.cli", "synth", str(data), "--users", "150", "--items", "60"],
+                   cwd=ROOT, check=True, capture_output=True)
+    env = {**os.environ, "DR4SR_QUALITY_RESULTS": str(base / "benchmarks" / "results")}
+    cmd = [
+        sys.executable, "benchmarks/quality.py", "--record", "--threads", "1", "--seeds", "1,2",
+        "--grid", f"{data} x sasrec x original,dr4sr x bce", "--epochs", "2",
+        "--regenerator-epochs", "1", "--pretrain-epochs", "1",
+    ]
+    first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    table = subprocess.run([sys.executable, "benchmarks/quality_table.py"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0, table.stderr[-3000:]
+    return base, first, again, table
+
+
+def test_every_run_is_one_complete_jsonl_line(recorded):
+    base, first, _, _ = recorded
+    lines = (base / "benchmarks" / "results" / "quality.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [(r["variant"], r["seed"]) for r in records] == [
+        ("original", 1), ("dr4sr", 1), ("original", 2), ("dr4sr", 2)
+    ]
+    for r in records:
+        assert REQUIRED <= set(r), REQUIRED - set(r)
+        assert r["stopped"] == "capped"  # 2 epochs with patience 20: never comparable
+        assert (base / r["per_user"]).exists()
+    for r in records[1::2]:
+        p = r["p_vs_original"]
+        assert p["metric"] == "ndcg@20" and 0.0 <= p["t_p"] <= 1.0 and p["n"] > 100
+        assert r["regeneration"]["shared_by_seeds"]
+    # one regeneration served both seeds
+    assert records[1]["regeneration"]["folder"] == records[3]["regeneration"]["folder"]
+
+
+def test_a_restarted_grid_skips_recorded_runs(recorded):
+    _, _, again, _ = recorded
+    assert again.stdout.strip() == ""
+    assert again.stderr.count("skip (already recorded)") == 4
+
+
+def test_the_table_is_generated_with_pooled_significance(recorded):
+    base, _, _, table = recorded
+    text = (base / "benchmarks" / "results" / "quality.md").read_text()
+    assert text == table.stdout
+    rows = [line for line in text.splitlines() if line.startswith("| log | sasrec | bce")]
+    assert len(rows) == 2
+    original, dr4sr = rows
+    assert "| 1,2 |" in original and "0/2" in original
+    cells = [c.strip() for c in dr4sr.split("|")]
+    assert cells[12] != "–" and "(W " in cells[12]  # pooled paired test over both seeds
+    assert cells[13].startswith("s1 ") and "s2 " in cells[13]
