@@ -15,6 +15,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.storage import ObjectMissing, StorageError
+from models.config import error_message, error_path
 
 log = logging.getLogger(__name__)
 
@@ -166,15 +167,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # the same "<field path>: <message>" as the CLI gives for a config value
         errors = exc.errors()
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
-        field = ".".join(loc) or None
-        message = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg')}"
-            for e in errors
-        )
-        return JSONResponse(error_payload("invalid", message, field), status_code=422)
+        where = ("body", "query", "path", "header")
+        paths = [error_path(e.get("loc", ())[1:] if e.get("loc", ("",))[0] in where else e.get("loc", ()))
+                 for e in errors]
+        field = paths[0] if paths and paths[0] else None
+        message = "; ".join(f"{path or 'request'}: {error_message(e)}" for path, e in zip(paths, errors, strict=True))
+        return JSONResponse(error_payload("invalid", message or "invalid request", field), status_code=422)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)

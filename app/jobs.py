@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.auth import Caller
 from app.datasets import mark_invalid
-from app.errors import Conflict, Invalid, NotFound, TooLarge, TooManyRequests, Unavailable
+from app.errors import Conflict, NotFound, TooLarge, TooManyRequests, Unavailable
 from app.jobstate import TASK_NAMES, overall_fraction, queue_for, stage_fraction
 from app.orm import ACTIVE_STATES, Artifact, Dataset, Job, Principal, utcnow
 from app.schemas import JobOut, JobProgress, StageProgress
@@ -174,13 +174,6 @@ def check_active_jobs(session: Session, settings: Settings, owner_id: int) -> No
             "wait for one to finish or cancel one",
             headers={"Retry-After": "30"},
         )
-
-
-def device_of(parameters: dict[str, Any]) -> str:
-    device = parameters.get("device", "auto")
-    if device not in ("auto", "cpu", "cuda"):
-        raise Invalid("device: must be 'auto', 'cpu' or 'cuda'", field="parameters.device")
-    return device
 
 
 def submit(

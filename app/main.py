@@ -7,10 +7,7 @@ applies the Alembic migrations at start-up.
 
 from __future__ import annotations
 
-import gc
-import importlib
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -71,22 +68,6 @@ def remove_stale_uploads(folder: Path, older_than_s: float = STALE_UPLOAD_S) -> 
     return removed
 
 
-def _warm_up() -> None:
-    """Import what job submission validates with (the regenerator's config
-    lives beside its torch model) in the background, so the first
-    POST /jobs/* after a start does not wait ~4 s for torch."""
-    try:
-        for name in ("models.pipeline", "models.regenerator", "models.training", "models.data"):
-            importlib.import_module(name)
-    except Exception:  # the request that needs it will raise the real error
-        log.warning("warm-up import failed", exc_info=True)
-    # Those imports leave ~10^6 long-lived objects (torch's among them); every
-    # full collection would walk them all, pausing requests for 100+ ms.
-    # Frozen, they are never scanned again.
-    gc.collect()
-    gc.freeze()
-
-
 def build_services(settings: Settings) -> Services:
     engine = make_engine(
         settings.resolved_database_url,
@@ -118,7 +99,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
         services = build_services(settings)
         app.state.services = services
-        threading.Thread(target=_warm_up, name="import-warm-up", daemon=True).start()
         try:
             yield
         finally:

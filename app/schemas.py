@@ -5,11 +5,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from starlette.responses import Response
 
-EXPORT_FORMATS = ("parquet", "jsonl", "csv", "inter", "txt")
-ExportFormat = Literal["parquet", "jsonl", "csv", "inter", "txt"]
+from models.config import EXPORT_FORMATS as EXPORT_FORMATS  # re-exported for the routers
+from models.config import (
+    CompareConfig,
+    ModelName,
+    RegenerationConfig,
+    TrainJobConfig,
+    TrainParameters,
+    Variant,
+    error_message,
+    train_job_config,
+)
+from models.config import ExportFormat as ExportFormat
+
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JobKind = Literal["validate", "regenerate", "train", "compare"]
 
@@ -60,6 +72,31 @@ class DatasetList(BaseModel):
     total: int
 
 
+def _nested_error(loc: tuple[str, ...], exc: ValidationError, title: str) -> ValidationError:
+    """Re-raise a config's ValidationError under ``loc`` of the request (so the
+    422 names e.g. ``parameters.personalizer.tau_init``)."""
+    return ValidationError.from_exception_data(
+        title,
+        [
+            InitErrorDetails(
+                type=PydanticCustomError(e["type"], error_message(e)),
+                loc=(*loc, *e["loc"]) if e["loc"] and e["loc"][0] not in ("model", "personalize") else tuple(e["loc"]),
+                input=e.get("input"),
+            )
+            for e in exc.errors()
+        ],
+    )
+
+
+def _invalid(loc: tuple[str, ...], message: str, value: Any, title: str) -> ValidationError:
+    return ValidationError.from_exception_data(
+        title, [InitErrorDetails(type=PydanticCustomError("invalid_combination", message), loc=loc, input=value)]
+    )
+
+
+DATASET_ID = Field(description="The dataset's id (from POST /datasets).", examples=["6f1c8a52-2b1e-4c55-9d2a-0c5b8d0c1e7a"])
+
+
 class RegenerateRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -77,13 +114,21 @@ class RegenerateRequest(BaseModel):
             ]
         },
     )
-    dataset_id: str
-    parameters: dict[str, Any] = Field(
-        default_factory=dict,
-        description="RegenerationConfig fields (alpha, beta, max_pairs, pair_match, k_memories, "
-        "profile ('fixed', the default, or 'parity'), pretrain_epochs, regenerator_epochs, seed, "
-        "device, max_len, ...).",
+    dataset_id: str = DATASET_ID
+    parameters: RegenerationConfig = Field(
+        RegenerationConfig(),
+        description="Mining, pairing, pre-training, regenerator and decoding settings; every field is optional.",
     )
+
+
+def _no_request_fields(data: Any) -> Any:
+    """``model`` / ``personalize`` belong to the request, not to ``parameters``."""
+    if isinstance(data, dict) and isinstance(data.get("parameters"), dict):
+        for name in ("model", "personalize"):
+            if name in data["parameters"]:
+                raise _invalid(("parameters", name), f"set it as the request's own '{name}' field",
+                               data["parameters"][name], "request")
+    return data
 
 
 class TrainRequest(BaseModel):
@@ -101,24 +146,46 @@ class TrainRequest(BaseModel):
             ]
         },
     )
-    dataset_id: str
+    dataset_id: str = DATASET_ID
     data: Literal["original", "regenerated"] = Field(
         "original", description="Train on the original training rows or on a regenerated dataset."
     )
     regeneration_job_id: str | None = Field(
         None, description="Which regeneration to use; default: the latest successful one."
     )
-    model: str = Field("sasrec", description="sasrec | gru4rec | fmlp | gnn | cl4srec")
+    model: ModelName = Field("sasrec", description="Target recommender.")
     personalize: bool = Field(
         False, description="DR4SR+: learn per-row weights (the personalizer)."
     )
-    parameters: dict[str, Any] = Field(default_factory=dict, description="TrainJobConfig fields.")
+    parameters: TrainParameters = Field(  # type: ignore[valid-type]
+        TrainParameters(), description="Training settings (TrainJobConfig fields); every field is optional."
+    )
+
+    _request_fields = model_validator(mode="before")(_no_request_fields)
 
     @model_validator(mode="after")
-    def _source_matches(self) -> TrainRequest:
+    def _consistent(self) -> TrainRequest:
         if self.regeneration_job_id is not None and self.data != "regenerated":
             raise ValueError("regeneration_job_id is only meaningful with data='regenerated'")
+        config = self.config()
+        if self.personalize and self.data == "original":
+            weighted = config.personalizer_config().weight_sources
+            if "original" not in weighted:
+                raise _invalid(
+                    ("parameters", "personalizer", "weight_sources"),
+                    f"DR4SR+ on data='original' re-weights nothing: weight_sources {sorted(weighted)} "
+                    "has no 'original' (the 'fixed' profile re-weights only regenerated rows); "
+                    "train on data='regenerated' or add 'original'",
+                    sorted(weighted), type(self).__name__,
+                )
         return self
+
+    def config(self) -> TrainJobConfig:
+        """The run's full TrainJobConfig (raises a ValidationError located in this request)."""
+        try:
+            return train_job_config(self.parameters, model=self.model, personalize=self.personalize)
+        except ValidationError as exc:
+            raise _nested_error(("parameters",), exc, type(self).__name__) from None
 
 
 class CompareRequest(BaseModel):
@@ -135,15 +202,41 @@ class CompareRequest(BaseModel):
             ]
         },
     )
-    dataset_id: str
-    models: list[str] = Field(min_length=1, description="Target models to train.")
-    variants: list[str] = Field(
-        min_length=1, description="Training data variants: original | dr4sr | dr4sr+."
+    dataset_id: str = DATASET_ID
+    models: list[ModelName] = Field(
+        min_length=1, max_length=5, description="Target models to train (each on every variant)."
+    )
+    variants: list[Variant] = Field(
+        min_length=1,
+        max_length=3,
+        description="Training data variants: original rows, DR4SR regenerated rows, DR4SR+ "
+        "(regenerated rows + personalizer).",
     )
     regeneration_job_id: str | None = Field(
         None, description="Regeneration for the dr4sr variants; default: the latest successful one."
     )
-    parameters: dict[str, Any] = Field(default_factory=dict, description="TrainJobConfig fields.")
+    parameters: TrainParameters = Field(  # type: ignore[valid-type]
+        TrainParameters(),
+        description="Training settings shared by every run (TrainJobConfig fields); every field is optional.",
+    )
+
+    _request_fields = model_validator(mode="before")(_no_request_fields)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CompareRequest:
+        try:
+            CompareConfig(models=self.models, variants=self.variants)
+        except ValidationError as exc:
+            raise _nested_error((), exc, type(self).__name__) from None
+        for model in self.models:
+            try:
+                train_job_config(self.parameters, model=model, personalize="dr4sr+" in self.variants)
+            except ValidationError as exc:
+                raise _nested_error(("parameters",), exc, type(self).__name__) from None
+        return self
+
+    def config(self) -> TrainJobConfig:
+        return train_job_config(self.parameters, model=self.models[0])
 
 
 class StageProgress(BaseModel):

@@ -1,6 +1,6 @@
 """The stages composed: ``regenerate``, ``train`` and ``compare``.
 
-Every function takes a config dataclass, an output folder and a progress
+Every function takes a config (a :mod:`models.config` model), an output folder and a progress
 callback, writes its artifacts into the folder only once the work is done
 (atomically, file by file), and returns a small result object. Nothing here
 prints, and nothing here knows about HTTP, Celery or the database.
@@ -19,11 +19,21 @@ from typing import Any
 
 import numpy as np
 
+from models.config import (
+    MODEL_NAMES,
+    VARIANTS,
+    CompareConfig,
+    RegenerationConfig,
+    TrainConfig,
+    TrainJobConfig,
+)
 from models.data.preprocess import PreparedDataset
 from models.data.sequences import RowSource, Split, TrainRows, load_rows, save_rows
 from models.progress import Progress, ProgressEvent, no_progress
 
 __all__ = [
+    "MODEL_NAMES",
+    "VARIANTS",
     "RegenerationConfig",
     "RegenerationOutcome",
     "TrainJobConfig",
@@ -33,89 +43,6 @@ __all__ = [
     "regenerate",
     "train",
 ]
-
-MODEL_NAMES = ("sasrec", "gru4rec", "fmlp", "gnn", "cl4srec")
-VARIANTS = ("original", "dr4sr", "dr4sr+")
-ABLATIONS = ("no_diversity", "patterns_only", "end_to_end")
-
-
-def _from_dict(cls, values: dict[str, Any] | None):
-    """Build a config dataclass from a plain dict, naming the offending field on error."""
-    values = dict(values or {})
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ValueError(f"{unknown[0]}: unknown parameter (known: {', '.join(sorted(names))})")
-    obj = cls(**values)
-    obj.validate()
-    return obj
-
-
-def _check(cond: bool, name: str, message: str) -> None:
-    if not cond:
-        raise ValueError(f"{name}: {message}")
-
-
-@dataclass
-class RegenerationConfig:
-    """Every knob of the regeneration stage (spec §0.1); defaults are the spec's."""
-
-    alpha: int = 5  # mining window (Seq2Pat max_span)
-    beta: int = 2  # minimum support (distinct sequences)
-    max_pairs: int = 10  # patterns sampled per source sequence
-    pair_match: str = "anywhere"  # "anywhere" (reference) | "window"
-    k_memories: int = 5
-    # "fixed" (quirks corrected) | "parity" (released code). The default is the
-    # profile that scored better in benchmarks/quality.py on Beauty (README).
-    profile: str = "fixed"
-    pretrain_epochs: int = 200  # SASRec item-embedding pre-training (early stopping applies)
-    pretrain_patience: int = 10
-    regenerator_epochs: int = 40
-    seed: int = 2024
-    device: str = "auto"
-    max_len: int = 50
-    ablation: str | None = None  # "no_diversity" (A) | "patterns_only" (B)
-    regenerator: dict[str, Any] = field(default_factory=dict)  # RegeneratorConfig overrides
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> RegenerationConfig:
-        return _from_dict(cls, values)
-
-    def validate(self) -> None:
-        _check(isinstance(self.alpha, int) and 2 <= self.alpha <= 10, "alpha", "must be an integer in [2, 10]")
-        _check(isinstance(self.beta, int) and self.beta >= 2, "beta", "must be an integer >= 2")
-        _check(isinstance(self.max_pairs, int) and 1 <= self.max_pairs <= 1000, "max_pairs", "must be in [1, 1000]")
-        _check(self.pair_match in ("anywhere", "window"), "pair_match", "must be 'anywhere' or 'window'")
-        _check(isinstance(self.k_memories, int) and 1 <= self.k_memories <= 64, "k_memories", "must be in [1, 64]")
-        _check(self.profile in ("parity", "fixed"), "profile", "must be 'parity' or 'fixed'")
-        _check(isinstance(self.pretrain_epochs, int) and 0 <= self.pretrain_epochs <= 1000, "pretrain_epochs", "must be in [0, 1000]")
-        _check(isinstance(self.pretrain_patience, int) and self.pretrain_patience >= 1, "pretrain_patience", "must be >= 1")
-        _check(isinstance(self.regenerator_epochs, int) and 1 <= self.regenerator_epochs <= 1000, "regenerator_epochs", "must be in [1, 1000]")
-        _check(self.device in ("auto", "cpu", "cuda"), "device", "must be 'auto', 'cpu' or 'cuda'")
-        _check(isinstance(self.max_len, int) and 4 <= self.max_len <= 200, "max_len", "must be in [4, 200]")
-        _check(self.ablation in (None, "no_diversity", "patterns_only"), "ablation", "must be null, 'no_diversity' or 'patterns_only'")
-        _check(isinstance(self.regenerator, dict), "regenerator", "must be an object of regenerator overrides")
-        self.regenerator_config()  # unknown override names fail here
-
-    def regenerator_config(self):
-        from models.regenerator import RegeneratorConfig
-
-        base = RegeneratorConfig.parity() if self.profile == "parity" else RegeneratorConfig.fixed()
-        overrides = dict(self.regenerator)
-        known = {f.name for f in dataclasses.fields(base)}
-        for name in overrides:
-            _check(name in known, f"regenerator.{name}", "unknown regenerator parameter")
-        # Ablation (A), "-diversity": a vanilla seq2seq regenerator. With one
-        # memory the condition encoder's softmax is constant 1 and its entropy
-        # term 0, so K = 1 is exactly the single-memory Transformer.
-        overrides.setdefault("num_memories", 1 if self.ablation == "no_diversity" else self.k_memories)
-        if self.ablation == "no_diversity":
-            overrides["num_memories"] = 1
-        overrides.setdefault("epochs", self.regenerator_epochs)
-        overrides.setdefault("seed", self.seed)
-        overrides.setdefault("device", self.device)
-        return dataclasses.replace(base, **overrides)
-
 
 @dataclass
 class RegenerationOutcome:
@@ -150,7 +77,7 @@ def _write_json(path: Path, obj: Any) -> None:
 # ---------------------------------------------------------------------------
 def _pretrain_item_table(split: Split, num_items: int, config: RegenerationConfig, progress: Progress):
     """SASRec on the original rows; its item table seeds the regenerator (spec §3)."""
-    from models.training import TrainConfig, train_model
+    from models.training import train_model
 
     if config.pretrain_epochs == 0:
         return None, {}
@@ -197,7 +124,6 @@ def regenerate(
     from models.patterns import build_pairs, describe, mine_patterns, pattern_rows
 
     config = config if config is not None else RegenerationConfig()
-    config.validate()
     out_dir = Path(out_dir)
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -261,7 +187,7 @@ def regenerate(
         _write_json(tmp / "stats.json", stats)
         _write_json(
             tmp / "config.json",
-            {"regeneration": dataclasses.asdict(config), "regenerator": reg_cfg.to_dict(), "code_version": _code_version()},
+            {"regeneration": config.model_dump(mode="json"), "regenerator": reg_cfg.to_dict(), "code_version": _code_version()},
         )
         if regenerator is not None:
             from models.regenerator import save_regenerator
@@ -286,70 +212,6 @@ def _code_version() -> str:
 # ---------------------------------------------------------------------------
 # target-model training (P5a / P5b) and comparison
 # ---------------------------------------------------------------------------
-@dataclass
-class TrainJobConfig:
-    """One target-model training run: the trainer's knobs plus DR4SR+ switches."""
-
-    model: str = "sasrec"
-    personalize: bool = False
-    epochs: int = 1000
-    patience: int = 20
-    batch_size: int = 256
-    lr: float = 1e-3
-    seed: int = 2023
-    device: str = "auto"
-    max_len: int = 50
-    loss: str = "bce"
-    topk: int = 100
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    personalizer_profile: str = "parity"  # "parity" | "fixed"
-    personalizer: dict[str, Any] = field(default_factory=dict)  # PersonalizerConfig overrides
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> TrainJobConfig:
-        return _from_dict(cls, values)
-
-    def validate(self) -> None:
-        _check(self.model in MODEL_NAMES, "model", f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
-        _check(isinstance(self.epochs, int) and 1 <= self.epochs <= 1000, "epochs", "must be an integer in [1, 1000]")
-        _check(isinstance(self.patience, int) and 0 <= self.patience <= 1000, "patience", "must be in [0, 1000]")
-        _check(isinstance(self.batch_size, int) and 1 <= self.batch_size <= 65536, "batch_size", "must be in [1, 65536]")
-        _check(isinstance(self.lr, (int, float)) and 0 < self.lr <= 1, "lr", "must be in (0, 1]")
-        _check(self.device in ("auto", "cpu", "cuda"), "device", "must be 'auto', 'cpu' or 'cuda'")
-        _check(isinstance(self.max_len, int) and 4 <= self.max_len <= 200, "max_len", "must be in [4, 200]")
-        _check(self.loss in ("bce", "ce"), "loss", "must be 'bce' or 'ce'")
-        _check(isinstance(self.topk, int) and 1 <= self.topk <= 1000, "topk", "must be in [1, 1000]")
-        _check(self.personalizer_profile in ("parity", "fixed"), "personalizer_profile", "must be 'parity' or 'fixed'")
-        try:
-            self.train_config()
-            if self.personalize:
-                self.personalizer_config()
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"parameters: {exc}") from exc
-
-    def train_config(self):
-        from models.training import TrainConfig
-
-        return TrainConfig(
-            model=self.model,
-            model_overrides=dict(self.model_overrides),
-            epochs=self.epochs,
-            patience=self.patience,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            seed=self.seed,
-            device=self.device,
-            max_len=self.max_len,
-            loss=self.loss,
-        )
-
-    def personalizer_config(self):
-        from models.personalizer import PersonalizerConfig
-
-        maker = PersonalizerConfig.parity if self.personalizer_profile == "parity" else PersonalizerConfig.fixed
-        return maker(**self.personalizer)
-
-
 @dataclass
 class TrainOutcome:
     report: dict[str, Any]
@@ -420,7 +282,6 @@ def train(
     from models.training import save_checkpoint
 
     config = config if config is not None else TrainJobConfig()
-    config.validate()
     out_dir = Path(out_dir)
     split = dataset.split(config.max_len)
     train_rows = split.train if rows is None else rows
@@ -433,7 +294,7 @@ def train(
         "variant": variant,
         "dataset": {"name": dataset.name, **dataset.stats, "training_rows": train_rows.counts()},
         "protocol": _protocol(config, split),
-        "parameters": dataclasses.asdict(config),
+        "parameters": config.as_dict(),
         "best_epoch": result.best_epoch + 1,
         "epochs_run": result.epochs_run,
         "seconds": round(result.seconds, 2),
@@ -489,11 +350,8 @@ def compare(
     from models.reports import write_report
 
     config = config if config is not None else TrainJobConfig()
-    config.validate()
-    for m in models:
-        _check(m in MODEL_NAMES, "models", f"unknown model {m!r}; choose from {', '.join(MODEL_NAMES)}")
-    for v in variants:
-        _check(v in VARIANTS, "variants", f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+    chosen = CompareConfig(models=list(models), variants=list(variants), seeds=[config.seed])
+    models, variants = chosen.models, chosen.variants
     if any(v != "original" for v in variants) and regenerated_rows is None:
         raise ValueError("variants: 'dr4sr' and 'dr4sr+' need a regenerated dataset")
     from models.evaluation import paired_significance
@@ -509,7 +367,7 @@ def compare(
             step = i * len(variants) + j
             label = f"{model}/{variant}"
             progress(ProgressEvent(stage="compare", done=step, total=total, message=label))
-            cfg = dataclasses.replace(config, model=model, personalize=variant == "dr4sr+")
+            cfg = config.replace(model=model, personalize=variant == "dr4sr+")
             rows = split.train if variant == "original" else regenerated_rows
             result = _run(dataset, split, rows, cfg, _renamed(progress, f"train {label}"))
             run = {
@@ -535,7 +393,7 @@ def compare(
         "title": f"Original vs DR4SR vs DR4SR+ on {dataset.name}",
         "dataset": {"name": dataset.name, **dataset.stats},
         "protocol": _protocol(config, split),
-        "parameters": dataclasses.asdict(config),
+        "parameters": config.as_dict(),
         "runs": runs,
         "weights": weights,
     }

@@ -46,10 +46,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from models.batching import Batch, BatchIterator
+from models.config import TrainConfig  # noqa: F401 - lives with every config in models.config
 from models.data.sequences import EvalRows, TrainRows
 from models.evaluation import evaluate, resolve_device
 from models.progress import Progress, ProgressEvent, no_progress
-from models.recommenders import build_model, make_config
+from models.recommenders import build_model
 from models.recommenders.base import SequentialRecommender
 from models.recommenders.serialization import (
     CHECKPOINT_VERSION,
@@ -86,77 +87,6 @@ _RESUME_KEYS = (
 
 class TrainingError(ValueError):
     """A training setting is invalid or training cannot continue."""
-
-
-@dataclass
-class TrainConfig:
-    model: str = "sasrec"
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 1000
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float | None = None  # None: the model config's default (GRU4Rec 1e-4, else 0)
-    loss: str = "bce"  # "bce" (one uniform negative per position) | "ce" (full softmax)
-    patience: int = 20
-    seed: int = 2023
-    eval_batch: int = 2048
-    device: str = "auto"
-    ks: tuple[int, ...] = (10, 20)
-    max_len: int = 50
-    num_threads: int | None = None
-    # length bucketing inside chunks of this many batches (see BatchIterator); 0 = off
-    bucket_chunk: int = 32
-    monitor: str = "ndcg@20"
-    item_chunk: int | None = None  # evaluation item chunk (None: sized to a fixed memory budget)
-
-    def __post_init__(self) -> None:
-        self.ks = tuple(int(k) for k in self.ks)
-        positive = ("epochs", "batch_size", "eval_batch", "max_len")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise TrainingError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.patience < 0 or self.bucket_chunk < 0:
-            raise TrainingError("patience and bucket_chunk must be >= 0")
-        if not self.lr > 0:
-            raise TrainingError(f"lr must be > 0, got {self.lr}")
-        if self.weight_decay is not None and self.weight_decay < 0:
-            raise TrainingError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.loss not in ("bce", "ce"):
-            raise TrainingError(f"loss must be 'bce' or 'ce', got {self.loss!r}")
-        if not self.ks or min(self.ks) < 1:
-            raise TrainingError(f"ks must be positive cut-offs, got {self.ks}")
-        metric, _, k = self.monitor.partition("@")
-        if metric not in ("ndcg", "recall") or not k.isdigit():
-            raise TrainingError(
-                f"monitor must look like 'ndcg@20' or 'recall@10', got {self.monitor!r}"
-            )
-        if self.num_threads is not None and self.num_threads < 1:
-            raise TrainingError(f"num_threads must be >= 1, got {self.num_threads}")
-        if self.max_len != self.model_overrides.get("max_len", self.max_len):
-            raise TrainingError(
-                f"max_len {self.max_len} disagrees with model_overrides['max_len'] {self.model_overrides['max_len']}"
-            )
-        make_config(self.model, self.model_config_overrides())  # fail early on bad overrides
-
-    def model_config_overrides(self) -> dict[str, Any]:
-        return {**self.model_overrides, "max_len": self.max_len}
-
-    def eval_ks(self) -> tuple[int, ...]:
-        k = int(self.monitor.partition("@")[2])
-        return tuple(sorted(set(self.ks) | {k}))
-
-    def as_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["ks"] = list(self.ks)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise TrainingError(f"TrainConfig: unknown field(s) {unknown}")
-        return cls(**data)
 
 
 @dataclass

@@ -148,18 +148,21 @@ def _regeneration_rows(run: JobRun, job: ClaimedJob):
 
 
 def _regenerate(run: JobRun, job: ClaimedJob, scratch: Path) -> Outcome:
-    from models.pipeline import RegenerationConfig, regenerate
+    from models.config import RegenerationConfig
+    from models.pipeline import regenerate
 
-    config = RegenerationConfig.from_dict(job.parameters.get("config", {}))
+    config = RegenerationConfig.model_validate(job.parameters.get("config", {}))
     with loaded_dataset(run.ctx.store, job.dataset_id) as dataset:
         outcome = regenerate(dataset, config, scratch / "output", run.progress)
     return Outcome(dict(outcome.stats), scratch / "output")
 
 
 def _train_config(job: ClaimedJob, **fixed: Any):
-    from models.pipeline import TrainJobConfig
+    """The job's TrainJobConfig: its stored parameters (validated at submission
+    with the same models) and the request's own fields."""
+    from models.config import train_job_config
 
-    return TrainJobConfig.from_dict({**job.parameters.get("config", {}), **fixed})
+    return train_job_config(job.parameters.get("config", {}), **fixed)
 
 
 def _train(run: JobRun, job: ClaimedJob, scratch: Path) -> Outcome:
@@ -196,7 +199,7 @@ def _compare(run: JobRun, job: ClaimedJob, scratch: Path) -> Outcome:
     from models.pipeline import compare
 
     p = job.parameters
-    config = _train_config(job)
+    config = _train_config(job, model=p["models"][0])  # compare sets each run's model
     rows = _regeneration_rows(run, job) if job.source_job_id is not None else None
     with loaded_dataset(run.ctx.store, job.dataset_id) as dataset:
         outcome = compare(

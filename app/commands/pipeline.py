@@ -14,6 +14,8 @@ from typing import Any
 import typer
 
 from app.tty import TerminalProgress
+from models.config import RegenerationConfig as R
+from models.config import TrainJobConfig as T
 
 FORMATS_HELP = "Input format (csv, tsv, jsonl, parquet, inter, txt; default: detected)."
 
@@ -36,17 +38,53 @@ def _load_dataset(path: Path, fmt: str | None, user_core: int, item_core: int, m
 
 
 def _params(pairs: list[str]) -> dict[str, Any]:
-    """``--set key=value`` overrides; values are parsed as JSON when they parse."""
+    """``--set key=value`` overrides; values are parsed as JSON when they parse,
+    and dotted keys reach nested configs (``--set regenerator.d_model=32``)."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
-        if not sep or not key:
+        if not sep or not key or any(not part for part in key.split(".")):
             raise _fail(f"--set expects key=value, got {pair!r}")
         try:
-            out[key] = json.loads(raw)
+            value = json.loads(raw)
         except json.JSONDecodeError:
-            out[key] = raw
+            value = raw
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise _fail(f"--set {key}: '{part}' was already set to a value")
+            node = child
+        node[leaf] = value
     return out
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _config(cls, options: dict[str, Any], sets: list[str]):
+    """A :mod:`models.config` model from the command's options (those given)
+    and ``--set`` pairs, or exit with the message the API would give."""
+    from pydantic import ValidationError
+
+    from models.config import describe_error
+
+    values = _merge({k: v for k, v in options.items() if v is not None}, _params(sets))
+    try:
+        return cls.model_validate(values)
+    except ValidationError as exc:
+        raise _fail(describe_error(exc)[1]) from None
+
+
+def _default(cls, name: str) -> str:
+    return f" Default: {cls.model_fields[name].default}."
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
@@ -61,34 +99,32 @@ def register(app: typer.Typer) -> None:
         file: Path = typer.Argument(..., help="Interaction log, or a folder from `dr4sr prepare --out`."),
         out: Path = typer.Option(Path("regenerated"), "--out", help="Output folder."),
         fmt: str | None = typer.Option(None, "--format", help=FORMATS_HELP),
-        profile: str = typer.Option("fixed", help="fixed (quirks corrected, the default) or parity (released code)."),
-        epochs: int = typer.Option(40, help="Regenerator training epochs."),
-        pretrain_epochs: int = typer.Option(200, help="SASRec item-embedding pre-training epochs (early-stopped)."),
-        k: int = typer.Option(5, "--k", help="Number of memories K (diversity promoter)."),
-        alpha: int = typer.Option(5, help="Mining window (Seq2Pat max_span)."),
-        beta: int = typer.Option(2, help="Minimum pattern support."),
-        seed: int = typer.Option(2024),
-        device: str = typer.Option("auto", help="auto, cpu or cuda."),
+        profile: str | None = typer.Option(None, help="fixed (quirks corrected) or parity (released code)." + _default(R, "profile")),
+        epochs: int | None = typer.Option(None, help="Regenerator training epochs." + _default(R, "regenerator_epochs")),
+        pretrain_epochs: int | None = typer.Option(None, help="SASRec item-embedding pre-training epochs (early-stopped)." + _default(R, "pretrain_epochs")),
+        k: int | None = typer.Option(None, "--k", help="Number of memories K (diversity promoter)." + _default(R, "k_memories")),
+        alpha: int | None = typer.Option(None, help="Mining window (Seq2Pat max_span)." + _default(R, "alpha")),
+        beta: int | None = typer.Option(
+            None, help="Minimum pattern support. Default: adaptive, the smallest beta >= 2 keeping pattern rows "
+            "within max_pattern_ratio x the original rows (--set max_pattern_ratio=2.0)."),
+        seed: int | None = typer.Option(None, help=_default(R, "seed")),
+        device: str | None = typer.Option(None, help="auto, cpu or cuda." + _default(R, "device")),
         user_core: int = typer.Option(5),
         item_core: int = typer.Option(5),
-        max_len: int = typer.Option(50),
+        max_len: int = typer.Option(R.model_fields["max_len"].default),
         export: list[str] = typer.Option([], help="Also export the rows: parquet, jsonl, csv, inter or txt."),
-        set_: list[str] = typer.Option([], "--set", help="Extra RegenerationConfig field, key=value (JSON)."),
+        set_: list[str] = typer.Option([], "--set", help="Any RegenerationConfig field, key=value (JSON; dotted keys for nested ones, e.g. regenerator.d_model=32)."),
     ) -> None:
         """Regenerate a training dataset with DR4SR (mine, pair, pre-train, train, decode, assemble)."""
         from models.data.export import write_sequences
-        from models.pipeline import RegenerationConfig, regenerate
+        from models.pipeline import regenerate
 
-        dataset = _load_dataset(file, fmt, user_core, item_core, max_len)
-        values = dict(
+        options = dict(
             profile=profile, regenerator_epochs=epochs, pretrain_epochs=pretrain_epochs, k_memories=k,
             alpha=alpha, beta=beta, seed=seed, device=device, max_len=max_len,
         )
-        values.update(_params(set_))
-        try:
-            config = RegenerationConfig.from_dict(values)
-        except (ValueError, TypeError) as exc:
-            raise _fail(str(exc)) from None
+        config = _config(R, options, set_)
+        dataset = _load_dataset(file, fmt, user_core, item_core, config.max_len)
         with TerminalProgress() as progress:
             try:
                 outcome = regenerate(dataset, config, out, progress)
@@ -99,41 +135,51 @@ def register(app: typer.Typer) -> None:
             path = write_sequences(out / f"regenerated.{fmt_name}", exported.seqs, dataset, fmt_name,
                                    source=exported.source, user=exported.user)
             typer.echo(f"exported {path}")
+        from models.composition import format_warnings
+
+        comp = outcome.stats.get("composition", {})
+        mined = outcome.stats.get("patterns", {})
+        for line in format_warnings(outcome.stats.get("warnings", [])):
+            typer.echo(line, err=True)
         typer.echo(json.dumps({"out": str(out), "rows": outcome.rows.counts(),
+                               "beta": mined.get("beta"), "beta_rule": mined.get("beta_rule"),
+                               "pattern_ratio": comp.get("pattern_ratio"),
+                               "regenerated_ratio": comp.get("regenerated_ratio"),
+                               "warnings": outcome.stats.get("warnings", []),
                                "timings": outcome.stats.get("timings", {})}, indent=2))
 
     @app.command("train")
     def train_cmd(
         file: Path = typer.Argument(..., help="Interaction log, or a folder from `dr4sr prepare --out`."),
         out: Path = typer.Option(Path("trained"), "--out", help="Report and checkpoint folder."),
-        model: str = typer.Option("sasrec", help="sasrec, gru4rec, fmlp, gnn or cl4srec."),
+        model: str | None = typer.Option(None, help="sasrec, gru4rec, fmlp, gnn or cl4srec." + _default(T, "model")),
         regenerated: Path | None = typer.Option(None, help="A `dr4sr regenerate` folder: train on its rows."),
         personalize: bool = typer.Option(False, help="DR4SR+: wrap the model in the personalizer."),
-        epochs: int = typer.Option(1000, help="Maximum epochs (early stopping on validation NDCG@20)."),
-        patience: int = typer.Option(20),
-        seed: int = typer.Option(2023),
-        device: str = typer.Option("auto"),
+        epochs: int | None = typer.Option(None, help="Maximum epochs (early stopping on validation NDCG@20)." + _default(T, "epochs")),
+        patience: int | None = typer.Option(None, help=_default(T, "patience")),
+        seed: int | None = typer.Option(None, help=_default(T, "seed")),
+        device: str | None = typer.Option(None, help="auto, cpu or cuda." + _default(T, "device")),
         fmt: str | None = typer.Option(None, "--format", help=FORMATS_HELP),
         user_core: int = typer.Option(5),
         item_core: int = typer.Option(5),
-        max_len: int = typer.Option(50),
-        set_: list[str] = typer.Option([], "--set", help="Extra TrainJobConfig field, key=value (JSON)."),
+        max_len: int = typer.Option(T.model_fields["max_len"].default),
+        set_: list[str] = typer.Option([], "--set", help="Any TrainJobConfig field, key=value (JSON; dotted keys for nested ones, e.g. personalizer.profile=fixed)."),
     ) -> None:
         """Train and evaluate a target recommender; writes report.json/report.html and the checkpoint."""
-        from models.pipeline import TrainJobConfig, load_rows, train
+        from models.pipeline import load_rows, train
 
-        dataset = _load_dataset(file, fmt, user_core, item_core, max_len)
+        options = dict(model=model, personalize=personalize or None, epochs=epochs, patience=patience, seed=seed,
+                       device=device, max_len=max_len)
+        config = _config(T, options, set_)
+        dataset = _load_dataset(file, fmt, user_core, item_core, config.max_len)
         rows = load_rows(regenerated / "regenerated.npz") if regenerated is not None else None
-        values = dict(model=model, personalize=personalize, epochs=epochs, patience=patience, seed=seed,
-                      device=device, max_len=max_len)
-        values.update(_params(set_))
-        try:
-            config = TrainJobConfig.from_dict(values)
-        except (ValueError, TypeError) as exc:
-            raise _fail(str(exc)) from None
         with TerminalProgress() as progress:
             outcome = train(dataset, rows, config, out, progress)
-        _print_metrics(f"{model} ({outcome.report['variant']}) test metrics:", outcome.report["test"])
+        _print_metrics(f"{config.model} ({outcome.report['variant']}) test metrics:", outcome.report["test"])
+        from models.composition import format_warnings
+
+        for line in format_warnings(outcome.report.get("warnings", [])):
+            typer.echo(line, err=True)
         typer.echo(f"report: {out / 'report.html'}")
 
     @app.command("evaluate")
@@ -180,26 +226,26 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("compare"), "--out"),
         models: str = typer.Option("sasrec", help="Comma-separated models."),
         variants: str = typer.Option("original,dr4sr,dr4sr+", help="Comma-separated variants."),
-        epochs: int = typer.Option(1000),
-        patience: int = typer.Option(20),
-        device: str = typer.Option("auto"),
+        epochs: int | None = typer.Option(None, help=_default(T, "epochs")),
+        patience: int | None = typer.Option(None, help=_default(T, "patience")),
+        device: str | None = typer.Option(None, help=_default(T, "device")),
         fmt: str | None = typer.Option(None, "--format", help=FORMATS_HELP),
-        max_len: int = typer.Option(50),
-        set_: list[str] = typer.Option([], "--set", help="Extra TrainJobConfig field, key=value (JSON)."),
+        max_len: int = typer.Option(T.model_fields["max_len"].default),
+        set_: list[str] = typer.Option([], "--set", help="Any TrainJobConfig field, key=value (JSON; dotted keys for nested ones)."),
     ) -> None:
         """Original vs DR4SR vs DR4SR+ for each model, with paired significance (paper Table 3)."""
-        from models.pipeline import TrainJobConfig, compare, load_rows
+        from models.config import CompareConfig
+        from models.pipeline import compare, load_rows
 
-        dataset = _load_dataset(file, fmt, 5, 5, max_len)
-        values = dict(epochs=epochs, patience=patience, device=device, max_len=max_len)
-        values.update(_params(set_))
+        config = _config(T, dict(epochs=epochs, patience=patience, device=device, max_len=max_len), set_)
+        chosen = _config(CompareConfig, {"models": [m.strip() for m in models.split(",") if m.strip()],
+                                         "variants": [v.strip() for v in variants.split(",") if v.strip()]}, [])
+        dataset = _load_dataset(file, fmt, 5, 5, config.max_len)
         try:
-            config = TrainJobConfig.from_dict(values)
             with TerminalProgress() as progress:
                 outcome = compare(dataset, load_rows(regenerated / "regenerated.npz"),
-                                  [m.strip() for m in models.split(",") if m.strip()],
-                                  [v.strip() for v in variants.split(",") if v.strip()], config, out, progress)
-        except (ValueError, TypeError) as exc:
+                                  chosen.models, chosen.variants, config, out, progress)
+        except ValueError as exc:
             raise _fail(str(exc)) from None
         for run in outcome.report["runs"]:
             sig = run.get("significance", {})

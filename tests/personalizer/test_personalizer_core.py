@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 
+from models.config import PersonalizerOptions
 from models.data.sequences import RowSource
 from models.personalizer import (
     Personalizer,
     PersonalizerConfig,
-    PersonalizerConfigError,
     implicit_hypergradient,
     position_weights,
     summarize_weights,
@@ -59,46 +58,48 @@ def test_fixed_profile_flips_every_flag():
 def test_flags_are_independent(flag, value):
     base = PersonalizerConfig.parity()
     cfg = PersonalizerConfig.parity(**{flag: value})
-    changed = [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(base, f.name)]
+    changed = [name for name in type(cfg).model_fields if getattr(cfg, name) != getattr(base, name)]
     assert changed == [flag]
 
 
-def test_bad_config_raises_typed_errors():
-    with pytest.raises(PersonalizerConfigError, match="weight_sources"):
+def test_bad_config_raises_validation_errors_naming_the_field():
+    with pytest.raises(ValidationError, match="weight_sources"):
         PersonalizerConfig(weight_sources=frozenset({"synthetic"}))
-    with pytest.raises(PersonalizerConfigError, match="dev_data"):
+    with pytest.raises(ValidationError, match="dev_data"):
         PersonalizerConfig(dev_data="test")
-    with pytest.raises(PersonalizerConfigError, match="mode"):
+    with pytest.raises(ValidationError, match="mode"):
         PersonalizerConfig(mode="joint")
-    with pytest.raises(PersonalizerConfigError, match="interval"):
+    with pytest.raises(ValidationError, match="interval"):
         PersonalizerConfig(interval=0)
-    with pytest.raises(PersonalizerConfigError, match="tau_init"):
+    with pytest.raises(ValidationError, match="tau_init"):
         PersonalizerConfig(tau_init=0.5, tau_min=1.0)
 
 
 def test_config_types_are_checked():
-    with pytest.raises(PersonalizerConfigError, match="detach_hidden"):
+    with pytest.raises(ValidationError, match="detach_hidden"):
         PersonalizerConfig(detach_hidden="yes")
-    with pytest.raises(PersonalizerConfigError, match="interval"):
+    with pytest.raises(ValidationError, match="interval"):
         PersonalizerConfig(interval=2.5)
-    with pytest.raises(PersonalizerConfigError, match="hpo_lr"):
+    with pytest.raises(ValidationError, match="hpo_lr"):
         PersonalizerConfig(hpo_lr="fast")
-    with pytest.raises(PersonalizerConfigError, match="the string"):
+    with pytest.raises(ValidationError, match="the string"):
         PersonalizerConfig(weight_sources="regenerated")
-    with pytest.raises(PersonalizerConfigError, match="unknown row source"):
+    with pytest.raises(ValidationError, match="'original', 'pattern' or 'regenerated'"):
         PersonalizerConfig(weight_sources={1, "original"})
 
 
-def test_config_from_dict_profiles_and_overrides():
-    assert PersonalizerConfig.from_dict({}) == PersonalizerConfig.parity()
-    cfg = PersonalizerConfig.from_dict({"profile": "fixed", "interval": 5, "weight_sources": ["original"]})
+def test_options_pick_a_profile_and_override_it():
+    assert PersonalizerOptions().build() == PersonalizerConfig.parity()
+    cfg = PersonalizerOptions.model_validate({"profile": "fixed", "interval": 5, "weight_sources": ["original"]}).build()
     assert cfg == PersonalizerConfig.fixed(interval=5, weight_sources=frozenset({"original"}))
     assert cfg.as_dict()["weight_sources"] == ["original"]
-    assert PersonalizerConfig.from_dict(cfg.as_dict() | {"profile": "parity"}) == cfg
-    with pytest.raises(PersonalizerConfigError, match="unknown field"):
-        PersonalizerConfig.from_dict({"warmup": 3})
-    with pytest.raises(PersonalizerConfigError, match="profile"):
-        PersonalizerConfig.from_dict({"profile": "paper"})
+    assert PersonalizerOptions.model_validate(cfg.as_dict() | {"profile": "parity"}).build() == cfg
+    with pytest.raises(ValidationError, match="warmup"):
+        PersonalizerOptions.model_validate({"warmup": 3})
+    with pytest.raises(ValidationError, match="profile"):
+        PersonalizerOptions.model_validate({"profile": "paper"})
+    with pytest.raises(ValidationError, match="tau_init"):
+        PersonalizerOptions.model_validate({"tau_init": 0.5})
 
 
 def test_weight_sources_accepts_any_iterable():

@@ -6,9 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from app.cli import cli
+from models.config import describe_error
 from models.data.preprocess import prepare
 from models.data.sequences import RowSource, load_rows
 from models.data.synthetic import generate, write
@@ -66,16 +68,29 @@ def test_patterns_only_ablation_uses_patterns_as_regenerated_rows(dataset, tmp_p
 @pytest.mark.parametrize(
     ("values", "field"),
     [({"alpha": 1}, "alpha"), ({"beta": 0}, "beta"), ({"k_memories": 0}, "k_memories"),
-     ({"profile": "fast"}, "profile"), ({"bogus": 1}, "bogus"), ({"regenerator": {"nope": 1}}, "regenerator.nope")],
+     ({"profile": "fast"}, "profile"), ({"bogus": 1}, "bogus"), ({"regenerator": {"nope": 1}}, "regenerator.nope"),
+     ({"regenerator": {"n_heads": 3}}, "regenerator.n_heads"), ({"max_len": 120}, "max_len")],
 )
 def test_regeneration_config_errors_name_the_field(values, field):
-    with pytest.raises(ValueError, match=rf"^{field}:"):
-        RegenerationConfig.from_dict(values)
+    with pytest.raises(ValidationError) as info:
+        RegenerationConfig.model_validate(values)
+    path, message = describe_error(info.value)
+    assert path == field and message.startswith(f"{field}: ")
 
 
-def test_train_config_rejects_unknown_model():
-    with pytest.raises(ValueError, match=r"^model:"):
-        TrainJobConfig.from_dict({"model": "bert4rec"})
+def test_max_len_above_the_position_table_is_rejected_before_any_work():
+    with pytest.raises(ValidationError, match="max_src_len = 50"):
+        RegenerationConfig(max_len=80)
+    assert RegenerationConfig(max_len=80, regenerator={"max_src_len": 80}).regenerator_config().max_src_len == 80
+
+
+def test_train_config_rejects_unknown_model_and_foreign_overrides():
+    with pytest.raises(ValidationError) as info:
+        TrainJobConfig.model_validate({"model": "bert4rec"})
+    assert describe_error(info.value)[0] == "model"
+    with pytest.raises(ValidationError) as info:
+        TrainJobConfig.model_validate({"model": "sasrec", "model_overrides": {"rnn_size": 8}})
+    assert describe_error(info.value)[0] == "model_overrides.rnn_size"
 
 
 def test_train_writes_checkpoint_report_and_topk(dataset, tmp_path):

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 from recsys_synthetic import planted_split, popularity_metrics
 
 import models.training as training
@@ -267,18 +268,20 @@ def test_final_artifact_roundtrip(data, tmp_path):
 
 
 def test_config_validation():
-    with pytest.raises(TrainingError, match="loss"):
+    with pytest.raises(ValidationError, match="loss"):
         TrainConfig(loss="bpr")
-    with pytest.raises(TrainingError, match="monitor"):
+    with pytest.raises(ValidationError, match="monitor"):
         TrainConfig(monitor="auc")
-    with pytest.raises(TrainingError, match="max_len"):
+    with pytest.raises(ValidationError, match="max_len"):
         TrainConfig(max_len=20, model_overrides={"max_len": 30})
-    with pytest.raises(ValueError, match="unknown field"):
+    with pytest.raises(ValidationError, match="layers"):
         TrainConfig(model="sasrec", model_overrides={"layers": 3})
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(ValidationError, match="rnn_size"):
+        TrainConfig(model="sasrec", model_overrides={"rnn_size": 3})
+    with pytest.raises(ValidationError, match="model"):
         TrainConfig(model="caser")
-    cfg = TrainConfig(model="gru4rec", ks=[5, 10])
-    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.as_dict()))) == cfg
+    cfg = TrainConfig(model="gru4rec", ks=[5, 10], model_overrides={"rnn_size": 16})
+    assert TrainConfig.model_validate(json.loads(json.dumps(cfg.as_dict()))) == cfg
 
 
 def test_early_stopping_never_selects_a_constant_model(data):

@@ -49,7 +49,7 @@ def profile(request) -> str:
 
 def _config(profile: str, **kw) -> RegeneratorConfig:
     base = tiny_config(**kw)
-    return base if profile == "parity" else RegeneratorConfig.from_dict({**base.to_dict(), **_fixed_flags()})
+    return base if profile == "parity" else RegeneratorConfig.model_validate({**base.to_dict(), **_fixed_flags()})
 
 
 def test_batched_equals_reference_on_random_weights(profile):
@@ -83,7 +83,7 @@ def test_batched_equals_reference_on_a_trained_model(trained, planted, profile):
 
 def test_decoded_rows_follow_the_rules(trained, planted):
     model, _ = trained
-    config = RegeneratorConfig.from_dict({**tiny_config().to_dict(), **_fixed_flags(), "gamma": 0.5})
+    config = RegeneratorConfig.model_validate({**tiny_config().to_dict(), **_fixed_flags(), "gamma": 0.5})
     decoded = decode(model, planted.sources, config, batch_size=5, users=np.arange(101, 149))
     k = model.config.num_memories
     assert len(decoded) == len(planted.sources) * k
@@ -102,7 +102,7 @@ def test_decoded_rows_follow_the_rules(trained, planted):
 
 def test_gamma_zero_keeps_every_token_in_the_source(trained, planted):
     model, _ = trained
-    config = RegeneratorConfig.from_dict({**tiny_config().to_dict(), **_fixed_flags(), "gamma": 0.0})
+    config = RegeneratorConfig.model_validate({**tiny_config().to_dict(), **_fixed_flags(), "gamma": 0.0})
     decoded = decode(model, planted.sources, config)
     for r, row in enumerate(decoded.seqs.to_lists()):
         allowed = set(planted.sources[decoded.source_index[r]].tolist()) | {decoded.eos}
@@ -113,7 +113,7 @@ def test_generative_schedule():
     parity = generative_schedule(4, tiny_config(restrictive_steps=3))
     assert parity.shape == (4, 9)
     assert not parity[:, :3].any() and parity[:, 3:].all()
-    config = RegeneratorConfig.from_dict({**tiny_config().to_dict(), **_fixed_flags(), "gamma": 0.3})
+    config = RegeneratorConfig.model_validate({**tiny_config().to_dict(), **_fixed_flags(), "gamma": 0.3})
     bern = generative_schedule(2000, config)
     assert not bern[:, :2].any()
     assert abs(bern[:, 2:].mean() - 0.3) < 0.02

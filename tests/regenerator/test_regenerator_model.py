@@ -34,7 +34,7 @@ def test_profiles_flip_every_quirk_flag():
              "drop_last_token", "original_rows")
     assert [getattr(parity, f) for f in flags] == ["causal", "batch", "parity", True, True, "twice"]
     assert [getattr(fixed, f) for f in flags] == ["none", "epoch", "bernoulli", False, False, "once"]
-    assert RegeneratorConfig.from_dict(json.loads(json.dumps(fixed.to_dict()))) == fixed
+    assert RegeneratorConfig.model_validate(json.loads(json.dumps(fixed.to_dict()))) == fixed
 
 
 @pytest.mark.parametrize("bad", [dict(encoder_mask_train="sometimes"), dict(d_model=63),

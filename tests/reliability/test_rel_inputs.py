@@ -280,9 +280,9 @@ def test_out_of_range_parameters_are_422_naming_the_field(client) -> None:
         r = client.post("/jobs/train", json={"dataset_id": ds, **body})
         assert assert_error(r, 422, "invalid")["field"] == field, (body, r.text)
     for body, field in (
-        ({"models": ["sasrec", "bert4rec"], "variants": ["original"]}, "models"),
+        ({"models": ["sasrec", "bert4rec"], "variants": ["original"]}, "models[1]"),
         ({"models": [], "variants": ["original"]}, "models"),
-        ({"models": ["sasrec"], "variants": ["dr5sr"]}, "variants"),
+        ({"models": ["sasrec"], "variants": ["dr5sr"]}, "variants[0]"),
         (
             {"models": ["sasrec"], "variants": ["original"], "parameters": {"epochs": 0}},
             "parameters.epochs",

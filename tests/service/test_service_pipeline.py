@@ -183,7 +183,7 @@ def test_invalid_parameters_are_422_naming_the_field(stack: Stack, regenerated: 
             ),
             422,
         )
-        assert err["field"] == "variants"
+        assert err["field"] == "variants[0]"
         err = assert_error(
             c.post(
                 "/jobs/train",
