@@ -137,6 +137,7 @@ def _write_run_checkpoint(
     best_state: dict[str, Tensor] | None,
     run: _RunState,
     hooks: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> None:
     tensors = cpu_tensors(model.state_dict(), "model.")
     opt_tensors, opt_meta = flatten_optimizer_state(optimizer)
@@ -158,6 +159,7 @@ def _write_run_checkpoint(
         "optimizer": opt_meta,
         "rng": rng_state(),
         "hooks": hook_meta,
+        **(extra or {}),
     }
     text = json.dumps(meta)
     # the epoch in the tensor file's metadata pairs it with its JSON
@@ -228,6 +230,11 @@ def train_model(
     if resume and checkpoint_dir is None:
         raise TrainingError("resume=True needs a checkpoint_dir")
     device = resolve_device(config.device)
+    if config.world_size > 1:
+        return _train_distributed(
+            train, valid, test, num_items, config, progress, checkpoint_dir, resume,
+            model_hook, loss_fn, step_hook, model_ctx, device,
+        )
     previous_threads = torch.get_num_threads()
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
@@ -251,7 +258,7 @@ def train_model(
         torch.set_num_threads(previous_threads)
 
 
-def _train(
+def _train_distributed(
     train: TrainRows,
     valid: EvalRows,
     test: EvalRows,
@@ -266,6 +273,115 @@ def _train(
     model_ctx: dict[str, Any] | None,
     device: torch.device,
 ) -> TrainResult:
+    """``config.world_size`` data-parallel ranks (models/distributed.py); rank 0
+    validates, checkpoints and tests, and its best weights come back here."""
+    from models.distributed import from_numpy_state, launch
+
+    if loss_fn is not None or step_hook is not None or model_hook is not None:
+        # DR4SR+ (the personalizer's loss, meta-step and attach hooks) runs in one process
+        raise TrainingError(
+            "world_size > 1 trains plain target models; DR4SR+ hooks need world_size=1"
+        )
+    try:
+        out = launch(
+            _train_rank,
+            config.world_size,
+            (train, valid, test, num_items, config, checkpoint_dir, resume, model_ctx),
+            progress,
+            device,
+            config.num_threads,
+        )
+    except ValueError as exc:  # world_size larger than the visible GPUs
+        raise TrainingError(str(exc)) from exc
+    ctx = {"train": train} if model_ctx is None else dict(model_ctx)
+    model = build_model(config.model, num_items, config.model_config_overrides(), **ctx)
+    model.load_state_dict(from_numpy_state(out.pop("state")), strict=True)
+    return TrainResult(model=model.to(device).eval(), **out)
+
+
+def _train_rank(
+    dist_ctx: Any,
+    progress: Progress,
+    train: TrainRows,
+    valid: EvalRows,
+    test: EvalRows,
+    num_items: int,
+    config: TrainConfig,
+    checkpoint_dir: Path | None,
+    resume: bool,
+    model_ctx: dict[str, Any] | None,
+) -> dict[str, Any] | None:
+    """One rank of :func:`_train_distributed` (runs in a spawned process)."""
+    from models.distributed import to_numpy_state
+
+    result = _train(
+        train, valid, test, num_items, config, progress, checkpoint_dir, resume,
+        None, None, None, model_ctx, dist_ctx.device, dist_ctx,
+    )
+    if result is None:
+        return None
+    out = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name != "model"}
+    out["state"] = to_numpy_state(result.model.state_dict())
+    return out
+
+
+class _ShardLoss(torch.nn.Module):
+    """DDP's view of a model: the forward is the training loss of one rank's
+    shard, scaled so that DDP's gradient average is the global batch's mean."""
+
+    def __init__(self, model: SequentialRecommender) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch | None, loss: str, token_scale: float, row_scale: float) -> Tensor:
+        from models.distributed import zero_loss
+
+        if batch is None:
+            return zero_loss(self.model)
+        pl = self.model.position_losses(batch, loss)
+        out = pl.loss.sum() * token_scale
+        aux = self.model.auxiliary_loss(batch)  # a mean over the shard's rows
+        return out if aux is None else out + aux * row_scale
+
+
+def _shard_loss(net: torch.nn.Module, batch: Batch | None, loss: str, dist_ctx: Any) -> tuple[Tensor, float]:
+    """(this rank's loss to back-propagate, the global batch's loss)."""
+    world = dist_ctx.world_size
+    tokens = float(batch.valid.sum()) if batch is not None else 0.0
+    rows = float(len(batch)) if batch is not None else 0.0
+    total_tokens, total_rows = (float(x) for x in dist_ctx.all_sum([tokens, rows]))
+    out = net(batch, loss, world / max(total_tokens, 1.0), world * rows / max(total_rows, 1.0))
+    value = float(dist_ctx.all_sum([float(out.detach())])[0]) / world
+    return out, value
+
+
+def _valid_rows(valid: EvalRows, config: TrainConfig) -> EvalRows:
+    """The validation users of every epoch: all, or a fixed seeded sample."""
+    if config.valid_sample is None or config.valid_sample >= len(valid):
+        return valid
+    pick = np.sort(
+        np.random.default_rng([config.seed, 15]).choice(len(valid), config.valid_sample, replace=False)
+    )
+    return EvalRows(valid.history.take(pick), valid.target[pick], valid.user[pick])
+
+
+def _train(
+    train: TrainRows,
+    valid: EvalRows,
+    test: EvalRows,
+    num_items: int,
+    config: TrainConfig,
+    progress: Progress,
+    checkpoint_dir: Path | None,
+    resume: bool,
+    model_hook: ModelHook | None,
+    loss_fn: LossFn | None,
+    step_hook: StepHook | None,
+    model_ctx: dict[str, Any] | None,
+    device: torch.device,
+    dist_ctx: Any = None,
+) -> TrainResult | None:
+    main = dist_ctx is None or dist_ctx.is_main
     torch.manual_seed(config.seed)
     ctx = {"train": train} if model_ctx is None else dict(model_ctx)
     model = build_model(config.model, num_items, config.model_config_overrides(), **ctx).to(device)
@@ -298,7 +414,25 @@ def _train(
                     {**strip_prefix(tensors, f"hook.{name}."), **meta["hooks"].get(name, {})}
                 )
             run = _RunState(**meta["run"])
-            set_rng_state(meta["rng"])
+            ranks = meta.get("rng_ranks")
+            if dist_ctx is not None and ranks and len(ranks) == dist_ctx.world_size:
+                set_rng_state(ranks[dist_ctx.rank])  # every rank continues its own stream
+            else:
+                set_rng_state(meta["rng"])
+
+    net = None
+    if dist_ctx is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(
+            _ShardLoss(model),
+            device_ids=[device.index or 0] if device.type == "cuda" else None,
+            find_unused_parameters=True,  # some models leave parameters out of some losses
+        )
+        if dist_ctx.rank and not (resume and run.epoch):
+            # negatives and dropout masks: each rank its own stream (rank 0 keeps the seed's)
+            torch.manual_seed(config.seed + 1_000_003 * dist_ctx.rank)
+    valid_eval = _valid_rows(valid, config)
 
     transform = model.batch_transform()
     ks = config.eval_ks()
@@ -314,14 +448,23 @@ def _train(
             bucket_chunk=config.bucket_chunk,
         )
         total, loss_sum = len(batches), 0.0
-        for i, batch in enumerate(batches):
-            b = batch.to(device, non_blocking=True)
-            loss = (
-                loss_fn(model, b, run.step, epoch)
-                if loss_fn is not None
-                else model.training_loss(b, config.loss)
+        for i, index in enumerate(batches.batch_indices()):
+            if dist_ctx is not None:  # this rank's contiguous share of the global batch
+                index = index[dist_ctx.shard(len(index))]
+            b = (
+                batches.transform.collate(train, batches.examples, index).to(device, non_blocking=True)
+                if len(index)
+                else None
             )
-            value = float(loss.detach())
+            if net is not None:
+                loss, value = _shard_loss(net, b, config.loss, dist_ctx)
+            else:
+                loss = (
+                    loss_fn(model, b, run.step, epoch)
+                    if loss_fn is not None
+                    else model.training_loss(b, config.loss)
+                )
+                value = float(loss.detach())
             if not math.isfinite(value):  # stop before a non-finite gradient reaches the weights
                 raise TrainingError(f"training loss became {value} at epoch {epoch}, batch {i}")
             optimizer.zero_grad(set_to_none=True)
@@ -333,15 +476,19 @@ def _train(
             loss_sum += value
             progress(ProgressEvent("train", i + 1, total, epoch, {"loss": value}))
 
-        result = evaluate(
-            model, valid, ks=ks, batch_size=config.eval_batch, item_chunk=config.item_chunk
-        )
-        score = result.metrics[config.monitor]
+        metrics = None
+        if main:  # rank 0 validates; the others wait for its figures
+            metrics = evaluate(
+                model, valid_eval, ks=ks, batch_size=config.eval_batch, item_chunk=config.item_chunk
+            ).metrics
+        if dist_ctx is not None:
+            metrics = dist_ctx.broadcast(metrics)
+        score = metrics[config.monitor]
         if score >= run.best_score:  # ties count as improvement: the later epoch wins
             run.best_score, run.best_epoch, run.best_valid, run.bad_epochs = (
                 score,
                 epoch,
-                result.metrics,
+                metrics,
                 0,
             )
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -350,7 +497,7 @@ def _train(
         seconds = time.perf_counter() - started
         run.seconds += seconds
         run.history.append(
-            {"epoch": epoch, "loss": loss_sum / max(total, 1), **result.metrics, "seconds": seconds}
+            {"epoch": epoch, "loss": loss_sum / max(total, 1), **metrics, "seconds": seconds}
         )
         run.epoch = epoch + 1
         # patience = non-improving epochs tolerated in a row; an improving epoch never stops
@@ -361,15 +508,26 @@ def _train(
                 epoch + 1,
                 config.epochs,
                 epoch,
-                dict(result.metrics),
+                dict(metrics),
                 message=f"best {config.monitor} {run.best_score:.4f} @ epoch {run.best_epoch}",
             )
         )
         if directory is not None:
-            _write_run_checkpoint(
-                directory, config, num_items, model, optimizer, best_state, run, hooks
-            )
+            extra = {}
+            if dist_ctx is not None:  # every rank's RNG state, written once by rank 0
+                extra = {
+                    "rng_ranks": dist_ctx.gather(rng_state()),
+                    "distributed": {"world_size": dist_ctx.world_size, "written_by_rank": 0},
+                }
+            if main:
+                _write_run_checkpoint(
+                    directory, config, num_items, model, optimizer, best_state, run, hooks, extra
+                )
+            if dist_ctx is not None:
+                dist_ctx.barrier()
 
+    if not main:
+        return None
     if best_state is None:
         raise TrainingError(
             "no epoch was trained (epochs already reached by the checkpoint and no best weights)"
