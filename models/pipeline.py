@@ -87,6 +87,8 @@ def _pretrain_item_table(split: Split, num_items: int, config: RegenerationConfi
         patience=config.pretrain_patience,
         device=config.device,
         max_len=config.max_len,
+        world_size=config.world_size,
+        valid_sample=config.valid_sample,
     )
     result = train_model(split.train, split.valid, split.test, num_items, tc, _renamed(progress, "pretrain"))
     table = result.model.item_embeddings().detach().cpu()
