@@ -106,7 +106,6 @@ class RegenerateRequest(BaseModel):
                     "dataset_id": "6f1c8a52-2b1e-4c55-9d2a-0c5b8d0c1e7a",
                     "parameters": {
                         "alpha": 5,
-                        "beta": 2,
                         "regenerator_epochs": 40,
                         "device": "auto",
                     },

@@ -242,11 +242,21 @@ class RegenerationConfig(_Config):
     model_config = ConfigDict(
         extra="forbid",
         validate_assignment=True,
-        json_schema_extra={"examples": [{"alpha": 5, "beta": 2, "regenerator_epochs": 40, "device": "auto"}]},
+        json_schema_extra={"examples": [{"alpha": 5, "regenerator_epochs": 40, "device": "auto"}]},
     )
 
     alpha: Int = Field(5, ge=2, le=10, description="Mining window: a pattern's items lie within alpha consecutive interactions (Seq2Pat max_span).")
-    beta: Int = Field(2, ge=2, le=1_000_000, description="Minimum support: distinct sequences a pattern must occur in.")
+    beta: Int | None = Field(
+        None, ge=2, le=1_000_000,
+        description="Minimum support: distinct sequences a pattern must occur in. null (the default): adaptive, the "
+        "smallest beta >= 2 that keeps at most max_pattern_ratio x original rows of patterns (2 on the paper's sparse "
+        "sets); a value set here is used as is.",
+    )
+    max_pattern_ratio: Float = Field(
+        2.0, gt=0.0, le=1000.0,
+        description="Budget of the adaptive beta: pattern rows at most this multiple of the original training rows "
+        "(one per user). Ignored when beta is set.",
+    )
     max_pairs: Int = Field(10, ge=1, le=1000, description="Patterns sampled per source sequence to build (sequence, pattern) pairs.")
     pair_match: Literal["anywhere", "window"] = Field(
         "anywhere", description="Where a pattern must occur in a source to pair with it: anywhere (released code) or within an alpha window."

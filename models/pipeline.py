@@ -123,7 +123,8 @@ def regenerate(
     (the rows, with their source column), ``stats.json``, ``config.json``,
     ``patterns.npz`` and ``regenerator/`` (weights + config).
     """
-    from models.patterns import build_pairs, describe, mine_patterns, pattern_rows
+    from models.composition import composition, composition_warnings
+    from models.patterns import build_pairs, describe, mine_patterns, pattern_budget, pattern_rows
 
     config = config if config is not None else RegenerationConfig()
     out_dir = Path(out_dir)
@@ -136,11 +137,19 @@ def regenerate(
     split = dataset.split(config.max_len)
     t0 = time.perf_counter()
     _stage(progress, "mine", "mining patterns")
-    patterns = mine_patterns(split.mining, config.alpha, config.beta, progress)
+    adaptive = config.beta is None
+    budget = pattern_budget(len(split.train), config.max_pattern_ratio) if adaptive else None
+    patterns = mine_patterns(split.mining, config.alpha, config.beta or 2, progress, max_patterns=budget)
     timed("mine_s", t0)
     if len(patterns) == 0:
+        if adaptive and patterns.min_support > 2:
+            raise ValueError(
+                f"no pattern fits the budget of {budget:,} pattern rows (max_pattern_ratio="
+                f"{config.max_pattern_ratio} x {len(split.train):,} original rows) within alpha={config.alpha}: "
+                "raise max_pattern_ratio or set beta"
+            )
         raise ValueError(
-            f"no pattern has support >= beta={config.beta} within alpha={config.alpha}: "
+            f"no pattern has support >= beta={patterns.min_support} within alpha={config.alpha}: "
             "lower beta, raise alpha, or upload more interactions"
         )
     t0 = time.perf_counter()
@@ -149,6 +158,12 @@ def regenerate(
     pat_rows = pattern_rows(patterns)
     reg_cfg = config.regenerator_config()
     stats: dict[str, Any] = {"patterns": describe(patterns, pairs, config.max_pairs)}
+    stats["patterns"].update(
+        beta=int(patterns.min_support),
+        beta_rule="adaptive" if adaptive else "set",
+        max_patterns=budget,
+        max_pattern_ratio=config.max_pattern_ratio if adaptive else None,
+    )
     regenerator = None
 
     if config.ablation == "patterns_only":
@@ -181,12 +196,19 @@ def regenerate(
     stats["timings"] = timings
     stats["dataset"] = dict(dataset.stats)
     stats["rows"] = rows.counts()
+    stats["composition"] = composition(rows, len(split.train))
+    stats["warnings"] = composition_warnings(
+        stats["composition"], beta_set=not adaptive, patterns_only=config.ablation == "patterns_only"
+    )
 
     tmp = _atomic_dir(out_dir)
     try:
         save_rows(tmp / "regenerated.npz", rows)
         save_rows(tmp / "patterns.npz", pat_rows)
         _write_json(tmp / "stats.json", stats)
+        from models.reports import render_regeneration_html
+
+        (tmp / "report.html").write_text(render_regeneration_html(stats, f"DR4SR regeneration of {dataset.name}"))
         _write_json(
             tmp / "config.json",
             {"regeneration": config.model_dump(mode="json"), "regenerator": reg_cfg.to_dict(), "code_version": _code_version()},
@@ -307,6 +329,7 @@ def train(
     if config.personalize:
         report["weights"] = result.weights
         report["personalizer"] = {"config": result.personalizer_config, "meta": result.meta}
+    report.update(_composition_report(rows, split))
 
     tmp = _atomic_dir(out_dir)
     try:
@@ -320,6 +343,16 @@ def train(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return TrainOutcome(report=report, out_dir=out_dir, per_user=result.test_per_user)
+
+
+def _composition_report(rows: TrainRows | None, split: Split) -> dict[str, Any]:
+    """The regenerated rows' mix and its warnings (issue 14), for a report on them."""
+    from models.composition import composition, composition_warnings
+
+    if rows is None or not (rows.source != RowSource.ORIGINAL).any():
+        return {}
+    comp = composition(rows, len(split.train))
+    return {"composition": comp, "warnings": composition_warnings(comp)}
 
 
 def _write_topk(path: Path, dataset: PreparedDataset, split: Split, top: np.ndarray) -> None:
@@ -398,6 +431,7 @@ def compare(
         "parameters": config.as_dict(),
         "runs": runs,
         "weights": weights,
+        **_composition_report(regenerated_rows, split),
     }
     tmp = _atomic_dir(out_dir)
     try:

@@ -153,6 +153,7 @@ th{background:#f3f3f3}
 table.kv th{text-align:left}
 table.kv td{text-align:left;font-family:monospace;font-size:.85rem}
 img{max-width:100%}
+.warning{background:#fff4e5;border-left:4px solid #e67700;padding:.5rem .8rem;margin:.5rem 0}
 """
 
 
@@ -170,11 +171,59 @@ def result_rows(report: dict) -> list[dict]:
     ]
 
 
+def _warnings(warnings: list[dict]) -> str:
+    """The regenerated data's warnings (models.composition), each naming its parameter."""
+    if not warnings:
+        return ""
+    items = "".join(
+        f"<p class='warning'><strong>Warning:</strong> {html.escape(w.get('message', ''))}"
+        + (f" <em>(parameter: <code>{html.escape(w['parameter'])}</code>)</em>" if w.get("parameter") else "")
+        + "</p>"
+        for w in warnings
+    )
+    return f"<h2>Warnings</h2>{items}"
+
+
+def _composition(comp: dict) -> str:
+    """Rows per source of the training data, their share and ratio to the original rows."""
+    if not comp:
+        return ""
+    base = comp.get("original_rows") or 0
+    counts = comp.get("counts", {})
+    body = "".join(
+        f"<tr><td>{html.escape(label)}</td><td>{n:,}</td><td>{comp.get('shares', {}).get(label, 0):.1%}</td>"
+        f"<td>{(n / base if base else 0):.2f}</td><td>{comp.get('mean_items', {}).get(label, 0):.1f}</td></tr>"
+        for label, n in counts.items()
+    )
+    return (
+        "<h2>Training rows by source</h2><table><thead><tr><th>source</th><th>rows</th><th>share</th>"
+        f"<th>rows per original row ({base:,})</th><th>mean items</th></tr></thead><tbody>{body}</tbody></table>"
+        f"<p>{comp.get('short_share', 0):.1%} of the rows hold at most {comp.get('short_items', 2)} items.</p>"
+    )
+
+
+def render_regeneration_html(stats: dict, title: str) -> str:
+    """A regeneration's page: its warnings, the rows by source and the mining statistics."""
+    patterns = {k: v for k, v in (stats.get("patterns") or {}).items()}
+    return "".join([
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+        _warnings(stats.get("warnings") or []),
+        _composition(stats.get("composition") or {}),
+        _kv_table("Patterns and pairs", patterns),
+        _kv_table("Regenerated rows", {k: v for k, v in (stats.get("regenerated") or {}).items()}),
+        _kv_table("Dataset", stats.get("dataset") or {}),
+        _kv_table("Timings (s)", stats.get("timings") or {}),
+        "</body></html>",
+    ])
+
+
 def render_html(report: dict) -> str:
     rows = result_rows(report)
     title = report.get("title") or f"DR4SR report: {report.get('model', '')} on {report.get('dataset', {}).get('name', '')}"
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+             _warnings(report.get("warnings") or []),
              "<h2>Test metrics</h2>", _table(rows)]
     images = [
         ("Original vs regenerated vs personalized", _bars(rows, "ndcg@20")),
@@ -184,6 +233,7 @@ def render_html(report: dict) -> str:
     for caption, png in images:
         if png:
             parts.append(f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='data:image/png;base64,{png}'>")
+    parts.append(_composition(report.get("composition") or {}))
     parts.append(_kv_table("Dataset", report.get("dataset", {})))
     parts.append(_kv_table("Protocol", report.get("protocol", {})))
     if report.get("valid"):

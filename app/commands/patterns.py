@@ -29,7 +29,14 @@ def mine(
     item_core: int = typer.Option(5, help="Drop items with fewer interactions (iterated)."),
     max_len: int = typer.Option(50, help="Window of most recent items per user."),
     alpha: int = typer.Option(5, help="Max span: a pattern lies within alpha consecutive items."),
-    beta: int = typer.Option(2, help="Min support: number of distinct users."),
+    beta: int | None = typer.Option(
+        None,
+        help="Min support: number of distinct users. Default: adaptive, the smallest beta >= 2 "
+        "keeping patterns within --max-pattern-ratio x the original rows.",
+    ),
+    max_pattern_ratio: float = typer.Option(
+        2.0, help="Budget of the adaptive beta: patterns per original row (ignored when --beta is set)."
+    ),
     max_pairs: int = typer.Option(10, help="Patterns kept per user for pre-training pairs."),
     match: MatchMode = typer.Option(
         MatchMode.anywhere, help="Pair when the pattern occurs anywhere or inside alpha positions."
@@ -41,7 +48,7 @@ def mine(
     # Imported here so `dr4sr --help` stays fast and other commands work while
     # this area's dependencies are being edited.
     from models.data.preprocess import prepare
-    from models.patterns import build_pairs, describe, mine_patterns
+    from models.patterns import build_pairs, describe, mine_patterns, pattern_budget
 
     try:
         with TerminalProgress() as progress:
@@ -59,7 +66,10 @@ def mine(
             )
             split = dataset.split(max_len=max_len)
             t1 = time.perf_counter()
-            patterns = mine_patterns(split.mining, alpha=alpha, beta=beta, progress=progress)
+            budget = None if beta is not None else pattern_budget(len(split.train), max_pattern_ratio)
+            patterns = mine_patterns(
+                split.mining, alpha=alpha, beta=beta or 2, progress=progress, max_patterns=budget
+            )
             t2 = time.perf_counter()
             pairs = build_pairs(
                 split.pair_source,
@@ -75,21 +85,42 @@ def mine(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=2) from err
     timings = {"prepare_s": t1 - t0, "mine_s": t2 - t1, "pair_s": t3 - t2}
+    users = len(split.pair_source)
     stats = {
-        "users": len(split.pair_source),
+        "users": users,
         "items": int(dataset.num_items),
         **describe(patterns, pairs, max_per_source=max_pairs),
+        "beta": int(patterns.min_support),
+        "beta_rule": "set" if beta is not None else "adaptive",
+        "max_patterns": budget,
+        "pattern_ratio": round(len(patterns) / max(len(split.train), 1), 4),
         **{k: round(v, 3) for k, v in timings.items()},
     }
+    over = len(patterns) > pattern_budget(len(split.train), max_pattern_ratio)
+    warning = (
+        f"warning: {len(patterns):,} patterns are {stats['pattern_ratio']:.1f}x the {len(split.train):,} "
+        f"original rows: pattern rows would dominate a regenerated dataset; raise --beta or leave it unset "
+        f"for the adaptive default [parameter: beta]"
+        if over
+        else None
+    )
     if as_json:
         typer.echo(json.dumps(stats))
+        if warning:
+            typer.echo(warning, err=True)
         return
-    users = stats["users"]
     lengths = ", ".join(f"{k}: {v:,}" for k, v in stats["patterns_per_length"].items())
     typer.echo(f"users {users:,}  items {stats['items']:,}")
-    typer.echo(
-        f"patterns {stats['patterns']:,} (alpha={alpha}, beta={beta}); per length {lengths or '-'}"
+    rule = (
+        f"adaptive: <= {max_pattern_ratio:g} x {len(split.train):,} original rows"
+        if beta is None
+        else "set"
     )
+    typer.echo(
+        f"patterns {stats['patterns']:,} (alpha={alpha}, beta={stats['beta']} {rule}); "
+        f"per length {lengths or '-'}"
+    )
+    typer.echo(f"pattern rows per original row {stats['pattern_ratio']:.2f}")
     typer.echo(f"max support {stats['max_support']}")
     typer.echo(
         f"pairs {stats['pairs']:,} ({match.value}, <= {max_pairs} per user, seed {seed}); "
@@ -100,6 +131,8 @@ def mine(
         f"({stats['sources_without_pair'] / max(users, 1):.1%}); "
         f"users at the cap {stats['sources_at_cap']:,} ({stats['sources_at_cap'] / max(users, 1):.1%})"
     )
+    if warning:
+        typer.echo(warning, err=True)
     typer.echo(
         f"time: prepare {timings['prepare_s']:.2f} s, mine {timings['mine_s']:.2f} s, "
         f"pairs {timings['pair_s']:.2f} s"

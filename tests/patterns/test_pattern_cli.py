@@ -40,10 +40,11 @@ def test_mine_json_matches_the_library(tmp_path: Path) -> None:
     path = tmp_path / "tiny.txt"
     rows = write_txt(path)
     result = CliRunner().invoke(
-        make_cli(), ["mine", str(path), "--alpha", "3", "--max-pairs", "3", "--json"]
+        make_cli(), ["mine", str(path), "--alpha", "3", "--beta", "2", "--max-pairs", "3", "--json"]
     )
     assert result.exit_code == 0, result.output
     stats = json.loads(result.stdout.strip().splitlines()[-1])
+    assert stats["beta_rule"] == "set" and stats["beta"] == 2
     split = leave_one_out(Sequences.from_lists(rows))
     patterns = mine_patterns(split.mining, alpha=3, beta=2)
     pairs = build_pairs(split.pair_source, patterns, max_per_source=3)
@@ -54,6 +55,25 @@ def test_mine_json_matches_the_library(tmp_path: Path) -> None:
     assert stats["matches"] == int(pairs.matches.sum())
     assert stats["pairs"] == len(pairs)
     assert stats["sources_at_cap"] == int((pairs.matches >= 3).sum())
+
+
+def test_mine_default_beta_adapts_to_the_budget(tmp_path: Path) -> None:
+    # 40 users over 10 items: beta = 2 finds 106 patterns, more than 2 x 40 original rows.
+    path = tmp_path / "tiny.txt"
+    rows = write_txt(path)
+    split = leave_one_out(Sequences.from_lists(rows))
+    result = CliRunner().invoke(make_cli(), ["mine", str(path), "--alpha", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = mine_patterns(split.mining, alpha=3, beta=2, max_patterns=80)
+    assert len(mine_patterns(split.mining, alpha=3, beta=2)) > 80
+    assert stats["beta_rule"] == "adaptive" and stats["max_patterns"] == 80
+    assert stats["patterns"] == len(expected) <= 80 and stats["beta"] == expected.min_support > 2
+    assert stats["pattern_ratio"] <= 2.0
+    # an explicit beta wins, and the CLI warns that patterns would dominate
+    text = CliRunner().invoke(make_cli(), ["mine", str(path), "--alpha", "3", "--beta", "2"])
+    assert text.exit_code == 0, text.output
+    assert "warning:" in text.output and "[parameter: beta]" in text.output
 
 
 def test_mine_text_report_and_errors(tmp_path: Path) -> None:

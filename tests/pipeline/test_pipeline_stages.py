@@ -33,7 +33,7 @@ def regenerated(dataset, tmp_path_factory):
 def test_regenerate_writes_every_artifact(regenerated):
     outcome, out = regenerated
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "patterns.npz", "regenerated.npz", "regenerator", "stats.json"]
+        "config.json", "patterns.npz", "regenerated.npz", "regenerator", "report.html", "stats.json"]
     rows = load_rows(out / "regenerated.npz")
     counts = rows.counts()
     assert counts == outcome.rows.counts()
