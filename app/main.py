@@ -152,7 +152,32 @@ def _document_error_shape(app: FastAPI) -> None:
                             response["description"] = "The request is invalid."
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)
+        _document_null_defaults(components)
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _document_null_defaults(components: dict[str, Any]) -> None:
+    """FastAPI writes the document without ``None`` values, which drops every
+    ``"default": null``; put them back, so that each optional field of a request
+    body says that leaving it out means null (the model's or profile's value)."""
+    from pydantic import BaseModel
+
+    import app.schemas
+    import models.config
+
+    models_by_name: dict[str, type[BaseModel]] = {}
+    for module in (models.config, app.schemas):
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, BaseModel):
+                models_by_name[value.__name__] = value
+    for name, component in components.items():
+        model = models_by_name.get(name)
+        properties = component.get("properties", {})
+        if model is None:
+            continue
+        for field_name, info in model.model_fields.items():
+            if field_name in properties and not info.is_required() and info.default is None:
+                properties[field_name].setdefault("default", None)
