@@ -424,7 +424,7 @@ def build_pairs(
     seed: int = 2024,
     progress: Progress = no_progress,
     *,
-    chunk_positions: int = 200_000,
+    chunk_positions: int = 5_000,
 ) -> Pairs:
     """Pair each source with a uniformly random subset of size
     ``min(max_per_source, #matches)`` of the patterns it contains.
@@ -432,6 +432,11 @@ def build_pairs(
     ``match="anywhere"`` is the reference's plain subsequence test (Q26);
     ``"window"`` re-applies the mining span ``alpha``. The subset is drawn
     with a seeded numpy Generator (the reference never seeds, Q25).
+
+    Sources are matched and sampled in chunks of about ``chunk_positions``
+    items; the choice does not depend on the chunk size (one chunk draws every
+    match's key at once), and small chunks keep the work per item constant
+    (Beauty: 3 s at 5,000 versus 12 s at 200,000 on the 2-core machine).
     """
     if match not in MATCH_MODES:
         raise ValueError(f"match must be one of {MATCH_MODES}, got {match!r}")
@@ -449,25 +454,38 @@ def build_pairs(
     _check_packable(max(len(sources), 1), max(len(patterns), 1), "pair keys")
     trie = _build_trie(patterns.seqs, radix)
     row_of, end_of = _positions(sources)
-    found_src, found_pat = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    matches = np.zeros(len(sources), dtype=np.int64)
+    kept_src, kept_pat = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    # A random key per (source, pattern) match in canonical (source, pattern)
+    # order; the smallest max_per_source keys of each source form a uniformly
+    # random subset. Chunks hold whole sources and come in source order, so the
+    # keys are drawn chunk by chunk from one Generator (the same doubles as one
+    # draw over every match) and each chunk's matches are sampled, then
+    # dropped: memory follows a chunk's matches, not the dataset's.
+    rng = np.random.default_rng(seed)
     for c, (lo, hi) in enumerate(chunks):
-        if trie.n_patterns:
-            chunk_src, chunk_pat = _match_chunk(
-                items, lo, hi, row_of, end_of, trie, match == "window", int(alpha)
+        if trie.n_patterns and hi > lo:
+            src, pat = _match_chunk(items, lo, hi, row_of, end_of, trie, match == "window", int(alpha))
+            first, stop = int(row_of[lo]), int(row_of[hi - 1]) + 1  # the chunk's sources
+            chosen, matches[first:stop] = _sample_per_source(
+                src - first, stop - first, rng.random(len(src)), max_per_source
             )
-            found_src.append(chunk_src)
-            found_pat.append(chunk_pat)
+            kept_src.append(src[chosen])
+            kept_pat.append(pat[chosen])
         progress(ProgressEvent("pairs", c + 1, len(chunks), metrics={"sources": float(hi)}))
-    src, pat = np.concatenate(found_src), np.concatenate(found_pat)
-    matches = np.bincount(src, minlength=len(sources)).astype(np.int64)
-    # A random key per (source, pattern) pair in canonical order; the smallest
-    # max_per_source keys of each source form a uniformly random subset.
-    noise = np.random.default_rng(seed).random(len(src))
+    return Pairs(np.concatenate(kept_src), np.concatenate(kept_pat), matches)
+
+
+def _sample_per_source(
+    src: np.ndarray, n_sources: int, noise: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Among matches sorted by source (``src`` in ``0..n_sources-1``), the sorted
+    indices of the ``k`` smallest keys of each source, and the matches per source."""
+    counts = np.bincount(src, minlength=n_sources).astype(np.int64)
     order = np.lexsort((noise, src))
-    first_of_source = np.cumsum(matches) - matches
+    first_of_source = np.cumsum(counts) - counts
     rank = np.arange(len(src)) - first_of_source[src[order]]
-    chosen = np.sort(order[rank < max_per_source])  # back to (source, pattern) order
-    return Pairs(src[chosen], pat[chosen], matches)
+    return np.sort(order[rank < k]), counts
 
 
 def describe(patterns: Patterns, pairs: Pairs | None = None, max_per_source: int = 10) -> dict:

@@ -73,7 +73,16 @@ def test_matches_reference_scan(sources, patterns, match, alpha, cap, seed, chun
     assert selected(everything, len(sources)) == expected
     assert everything.matches.tolist() == [len(e) for e in expected]
 
-    sampled = build_pairs(src, pat, max_per_source=cap, match=match, alpha=alpha, seed=seed)
+    sampled = build_pairs(
+        src, pat, max_per_source=cap, match=match, alpha=alpha, seed=seed, chunk_positions=10**9
+    )
+    # sampled chunk by chunk (the default streaming): exactly the one-chunk choice
+    streamed = build_pairs(
+        src, pat, max_per_source=cap, match=match, alpha=alpha, seed=seed, chunk_positions=chunk
+    )
+    assert np.array_equal(streamed.source_index, sampled.source_index)
+    assert np.array_equal(streamed.pattern_index, sampled.pattern_index)
+    assert np.array_equal(streamed.matches, sampled.matches)
     for chosen, truth in zip(selected(sampled, len(sources)), expected, strict=True):
         assert chosen <= truth
         assert len(chosen) == min(cap, len(truth))
@@ -164,7 +173,8 @@ def test_beauty_pair_count(beauty_split) -> None:
     mined = mine_patterns(beauty_split.mining)
     pairs = build_pairs(beauty_split.pair_source, mined)
     assert len(pairs) == 44_471
-    chunked = build_pairs(beauty_split.pair_source, mined, chunk_positions=7_000)
+    # one chunk draws every match's key at once, as before streaming: same pairs
+    chunked = build_pairs(beauty_split.pair_source, mined, chunk_positions=10**9)
     assert np.array_equal(chunked.pattern_index, pairs.pattern_index)
     assert np.array_equal(chunked.source_index, pairs.source_index)
     # Spot-check a sample of users against the plain scan over all patterns.
