@@ -19,7 +19,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.orm import ApiKey, Principal, utcnow
+from app.core.orm import ApiKey, Principal, utcnow
 
 KEY_PREFIX = "dr4sr_"
 

@@ -16,10 +16,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import Caller, CallerCache, authenticate, hash_key
-from app.db import close_quietly, rollback_quietly, session_scope
+from app.core.db import close_quietly, rollback_quietly, session_scope
+from app.core.settings import Settings
+from app.core.storage import ArtifactStore
 from app.errors import Unauthorized
-from app.settings import Settings
-from app.storage import ArtifactStore
 
 
 @dataclass

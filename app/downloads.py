@@ -13,12 +13,12 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from app.datasets import artifact_key, loaded_dataset
-from app.db import session_scope
+from app.core.datasets import artifact_key, loaded_dataset
+from app.core.db import session_scope
+from app.core.orm import Artifact
+from app.core.storage import ArtifactStore
 from app.deps import Services
 from app.errors import NotFound
-from app.orm import Artifact
-from app.storage import ArtifactStore
 
 MEDIA_TYPES = {
     "parquet": "application/vnd.apache.parquet",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 from typing import Any
 
@@ -14,7 +13,7 @@ from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalErr
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.storage import ObjectMissing, StorageError
+from app.core.storage import ObjectMissing, StorageError, storage_full
 from models.config import error_message, error_path
 
 log = logging.getLogger(__name__)
@@ -229,19 +228,3 @@ def install_error_handlers(app: FastAPI) -> None:
             error_payload("internal_error", f"internal error: {type(exc).__name__}"),
             status_code=500,
         )
-
-
-def storage_full(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what it wraps) is a disk-full / quota / file-size error."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in (
-            errno.ENOSPC,
-            errno.EDQUOT,
-            errno.EFBIG,
-        ):
-            return True
-        current = current.__cause__ or current.__context__
-    return False

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from app.datasets import (
+from app.core.datasets import (
     artifact_name,
     dataset_prefix,
     mark_ready,
@@ -20,12 +20,12 @@ from app.datasets import (
     run_prepare,
     safe_filename,
 )
-from app.db import session_scope
+from app.core.db import session_scope
+from app.core.orm import Artifact, Dataset, new_id
+from app.core.storage import StoredObject
 from app.deps import Services
 from app.errors import Invalid
 from app.jobs import submit
-from app.orm import Artifact, Dataset, new_id
-from app.storage import StoredObject
 from app.upload_checks import ContentLimits, check_upload
 from app.uploads import ReceivedUpload
 

@@ -11,13 +11,13 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from app.auth import Caller
-from app.datasets import mark_invalid
+from app.core.datasets import mark_invalid
+from app.core.jobstate import TASK_NAMES, overall_fraction, queue_for, stage_fraction
+from app.core.orm import ACTIVE_STATES, Artifact, Dataset, Job, Principal, utcnow
+from app.core.settings import Settings
+from app.core.storage import ArtifactStore
 from app.errors import Conflict, NotFound, TooLarge, TooManyRequests, Unavailable
-from app.jobstate import TASK_NAMES, overall_fraction, queue_for, stage_fraction
-from app.orm import ACTIVE_STATES, Artifact, Dataset, Job, Principal, utcnow
 from app.schemas import JobOut, JobProgress, StageProgress
-from app.settings import Settings
-from app.storage import ArtifactStore
 
 # Artifact kind -> link name in JobOut.links (and the route serving it).
 RESULT_LINKS = {

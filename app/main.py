@@ -20,13 +20,13 @@ from starlette.concurrency import run_in_threadpool
 
 from app import migrate, reads
 from app.auth import CallerCache
-from app.db import make_engine, make_sessionmaker
+from app.core.broker import make_celery
+from app.core.db import make_engine, make_sessionmaker
+from app.core.settings import Settings, get_settings
+from app.core.storage import ArtifactStore
 from app.deps import Services
 from app.errors import ErrorResponse, install_error_handlers
 from app.routers import datasets, health, jobs, ui
-from app.settings import Settings, get_settings
-from app.storage import ArtifactStore
-from workers.celery_app import make_celery
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, Row, bindparam, func, select
 from sqlalchemy.exc import DBAPIError
 
-from app.orm import Artifact, Dataset, Job
+from app.core.orm import Artifact, Dataset, Job
 
 JOBS = Job.__table__
 DATASETS = Dataset.__table__

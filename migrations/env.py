@@ -7,8 +7,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import text
 
-from app.db import make_engine
-from app.orm import Base
+from app.core.db import make_engine
+from app.core.orm import Base
 
 config = context.config
 
@@ -27,7 +27,7 @@ def _database_url() -> str:
     url = config.attributes.get("database_url") or config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from app.settings import Settings
+    from app.core.settings import Settings
 
     return Settings().resolved_database_url
 

@@ -18,7 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
-from app.storage import ArtifactStore, StorageError
+from app.core.storage import ArtifactStore, StorageError
 from models.progress import Progress, ProgressEvent
 
 log = logging.getLogger(__name__)

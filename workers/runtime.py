@@ -27,11 +27,11 @@ from sqlalchemy import delete, func, or_, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db import make_engine, make_sessionmaker, session_scope
-from app.jobstate import record_event
-from app.orm import ACTIVE_STATES, Artifact, Job, utcnow
-from app.settings import Settings, get_settings
-from app.storage import ArtifactStore, StoredObject
+from app.core.db import make_engine, make_sessionmaker, session_scope
+from app.core.jobstate import record_event
+from app.core.orm import ACTIVE_STATES, Artifact, Job, utcnow
+from app.core.settings import Settings, get_settings
+from app.core.storage import ArtifactStore, StoredObject
 from models.progress import Cancelled, ProgressEvent
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,8 @@ from celery.signals import worker_init, worker_ready, worker_shutdown
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from app.datasets import (
+from app.core.broker import make_celery
+from app.core.datasets import (
     loaded_dataset,
     mark_invalid,
     mark_ready,
@@ -33,14 +34,12 @@ from app.datasets import (
     run_prepare,
     summarize,
 )
-from app.db import session_scope
-from app.errors import storage_full
-from app.jobstate import TASK_NAMES
-from app.orm import Dataset
-from app.storage import StorageError, StoredObject
+from app.core.db import session_scope
+from app.core.jobstate import TASK_NAMES
+from app.core.orm import Dataset
+from app.core.storage import StorageError, StoredObject, storage_full
 from models.data.errors import DataError
 from models.progress import Cancelled, ProgressEvent
-from workers.celery_app import make_celery
 from workers.resumable import (
     CheckpointSync,
     drop_checkpoint,

@@ -12,7 +12,7 @@ import time
 
 import typer
 
-from app.settings import Settings
+from app.core.settings import Settings
 
 log = logging.getLogger("dr4sr.serve")
 
@@ -111,7 +111,7 @@ def register(app: typer.Typer) -> None:
         settings = _settings()
         from app import migrate
         from app.auth import ensure_local_key
-        from app.db import make_engine, make_sessionmaker, session_scope
+        from app.core.db import make_engine, make_sessionmaker, session_scope
 
         settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
         migrate.upgrade(settings.resolved_database_url)
@@ -202,7 +202,7 @@ def register(app: typer.Typer) -> None:
         settings = _settings()
         from app import migrate
         from app.auth import create_key
-        from app.db import make_engine, make_sessionmaker, session_scope
+        from app.core.db import make_engine, make_sessionmaker, session_scope
 
         migrate.upgrade(settings.resolved_database_url)
         engine = make_engine(settings.resolved_database_url)

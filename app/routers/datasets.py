@@ -10,7 +10,8 @@ from sqlalchemy import Row, select
 from starlette.concurrency import run_in_threadpool
 
 from app import reads
-from app.datasets import dataset_prefix, job_prefix
+from app.core.datasets import dataset_prefix, job_prefix
+from app.core.orm import Dataset, Job
 from app.deps import PrincipalDep, ServicesDep, SessionDep
 from app.downloads import MEDIA_TYPES, export_regenerated, stream_artifact
 from app.errors import Conflict, NotFound, responses
@@ -22,7 +23,6 @@ from app.jobs import (
     regeneration_for,
     upload_allowance,
 )
-from app.orm import Dataset, Job
 from app.schemas import DatasetList, DatasetOut, ExportFormat, as_response
 from app.uploads import receive_upload
 

@@ -7,11 +7,11 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
+from app.core.broker import ping_broker
 from app.deps import Services, ServicesDep
 from app.errors import error_payload
 from app.migrate import current_revision, head_revision
 from app.schemas import CheckResult, Health, Ready
-from workers.celery_app import ping_broker
 
 router = APIRouter(tags=["health"])
 

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from app import reads
+from app.core.orm import Artifact, Job
 from app.deps import PrincipalDep, ServicesDep, SessionDep
 from app.downloads import MEDIA_TYPES, stream_artifact, tar_stream
 from app.errors import Conflict, NotFound, responses
@@ -23,7 +24,6 @@ from app.jobs import (
     request_cancel,
     submit,
 )
-from app.orm import Artifact, Job
 from app.schemas import (
     CompareRequest,
     JobKind,

@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from app.jobstate import STAGE_PLANS
+from app.core.jobstate import STAGE_PLANS
 
 UI_DIR = Path(__file__).resolve().parents[1] / "ui"
 templates = Jinja2Templates(directory=str(UI_DIR / "templates"))

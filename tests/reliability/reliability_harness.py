@@ -142,7 +142,7 @@ class Service:
 
     def add_key(self, who: str) -> str:
         from app.auth import create_key
-        from app.db import make_engine, make_sessionmaker, session_scope
+        from app.core.db import make_engine, make_sessionmaker, session_scope
 
         engine = make_engine(self.env["DR4SR_DATABASE_URL"])
         try:
@@ -241,8 +241,8 @@ def files_under(root: Path) -> list[str]:
 def artifact_names(database_url: str, job_id: str) -> list[str]:
     from sqlalchemy import select
 
-    from app.db import make_engine, make_sessionmaker
-    from app.orm import Artifact
+    from app.core.db import make_engine, make_sessionmaker
+    from app.core.orm import Artifact
 
     engine = make_engine(database_url)
     try:

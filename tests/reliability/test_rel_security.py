@@ -131,7 +131,7 @@ def test_key_comparison_is_constant_time(tmp_path: Path, monkeypatch) -> None:
     import hmac
 
     from app import auth, migrate
-    from app.db import make_engine, make_sessionmaker, session_scope
+    from app.core.db import make_engine, make_sessionmaker, session_scope
 
     url = f"sqlite:///{tmp_path / 'keys.sqlite'}"
     migrate.upgrade(url)
@@ -253,8 +253,8 @@ def test_no_pickle_anywhere() -> None:
     }
     assert problems == {}
     # the queue speaks JSON only: a message cannot carry a pickle
-    from app.settings import Settings
-    from workers.celery_app import make_celery
+    from app.core.broker import make_celery
+    from app.core.settings import Settings
 
     conf = make_celery(Settings(broker_url="redis://127.0.0.1:1/0")).conf
     assert conf.accept_content == ["json"] and conf.task_serializer == "json"

@@ -107,9 +107,9 @@ def _two_workers(service: Service) -> None:
 
 
 def test_a_duplicate_delivery_is_turned_away_by_the_lease(service: Service, dataset: str) -> None:
-    from app.jobstate import TASK_NAMES
-    from app.settings import Settings
-    from workers.celery_app import make_celery
+    from app.core.broker import make_celery
+    from app.core.jobstate import TASK_NAMES
+    from app.core.settings import Settings
 
     _two_workers(service)
     slow = {**TRAIN, "epochs": 25, "patience": 25}

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from app.auth import create_key
-from app.db import make_engine, make_sessionmaker, session_scope
+from app.core.db import make_engine, make_sessionmaker, session_scope
+from app.core.settings import Settings
 from app.main import create_app
-from app.settings import Settings
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's note about httpx2

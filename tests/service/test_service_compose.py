@@ -11,7 +11,7 @@ import pytest
 import typer.main
 
 from app.cli import cli
-from app.settings import Settings
+from app.core.settings import Settings
 
 yaml = pytest.importorskip("yaml")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from app.jobstate import STAGE_PLANS, overall_fraction, queue_for, record_event
-from app.settings import Settings
+from app.core.jobstate import STAGE_PLANS, overall_fraction, queue_for, record_event
+from app.core.settings import Settings
 from models.progress import ProgressEvent
 
 

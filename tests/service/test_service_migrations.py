@@ -10,8 +10,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from app import migrate
-from app.db import make_engine
-from app.orm import Base
+from app.core.db import make_engine
+from app.core.orm import Base
 
 
 def _diff(url: str) -> list:

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from app.core.settings import Settings
 from app.main import create_app
-from app.settings import Settings
 
 JOB_BODIES = ("RegenerateRequest", "TrainRequest", "CompareRequest")
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from app import migrate
-from app.db import make_engine, make_sessionmaker, session_scope
-from app.orm import Artifact, Dataset, Job, Principal, utcnow
-from app.settings import Settings
-from app.storage import ArtifactStore, StoredObject
+from app.core.db import make_engine, make_sessionmaker, session_scope
+from app.core.orm import Artifact, Dataset, Job, Principal, utcnow
+from app.core.settings import Settings
+from app.core.storage import ArtifactStore, StoredObject
 from models.progress import Cancelled, ProgressEvent
 from workers.runtime import JobRun, JobTimeLimit, LeaseLost, WorkerContext
 

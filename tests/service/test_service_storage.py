@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.storage import ArtifactStore, StorageError, file_digest
+from app.core.storage import ArtifactStore, StorageError, file_digest
 
 
 @pytest.fixture(params=["local", "memory"])
