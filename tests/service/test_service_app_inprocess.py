@@ -71,3 +71,39 @@ def test_job_submission_fails_cleanly_when_the_broker_is_down(
     assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
     failed = client.get("/jobs").json()["items"][0]
     assert failed["state"] == "failed" and failed["error"]["type"] == "BrokerUnavailable"
+
+
+@pytest.mark.parametrize(
+    ("command", "parameters", "field"),
+    [
+        (["regenerate"], {"regenerator": {"num_memories": 0}}, "regenerator.num_memories"),
+        (["regenerate"], {"max_len": 120}, "max_len"),
+        (["train"], {"personalizer": {"tau_init": 0.5}}, "personalizer.tau_init"),
+        (["train"], {"model_overrides": {"rnn_size": 8}}, "model_overrides.rnn_size"),
+    ],
+)
+def test_an_invalid_value_reads_the_same_in_the_cli_and_the_api(
+    client: TestClient, tmp_path: Path, command: list[str], parameters: dict, field: str
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    def flat(prefix: str, value: object) -> list[str]:
+        if isinstance(value, dict):
+            return [s for k, v in value.items() for s in flat(f"{prefix}.{k}" if prefix else k, v)]
+        return ["--set", f"{prefix}={json.dumps(value)}"]
+
+    res = CliRunner().invoke(cli, [*command, str(tmp_path / "never-read.csv"), *flat("", parameters)])
+    assert res.exit_code == 2
+    cli_message = res.output.strip().splitlines()[-1].removeprefix("error: ")
+    assert cli_message.startswith(f"{field}: ")
+
+    body = {"dataset_id": "00000000-0000-0000-0000-000000000000", "parameters": parameters}
+    r = client.post(f"/jobs/{command[0]}", json=body)
+    assert r.status_code == 422
+    error = r.json()["error"]
+    assert error["field"] == f"parameters.{field}"
+    assert error["message"] == f"parameters.{cli_message}"
