@@ -346,6 +346,7 @@
       }
       fs.append(el("p", { class: "field-error", "data-error-for": path, role: "alert" }));
       if (depth >= 2) {
+        fs.querySelector("legend").classList.add("sr-only"); // the summary shows the name
         const details = el("details", {}, el("summary", {}, `${humanize(name)} (${name})`), fs);
         parent.append(details);
       } else parent.append(fs);
@@ -508,7 +509,7 @@
       }
       if (kind === "multi" && required && value.length === 0) throw new FieldError(path, "choose at least one");
       if (!required && def !== undefined && JSON.stringify(value) === JSON.stringify(def)) continue;
-      if (kind === "multi" && !required && value.length === 0 && def === undefined) continue;
+      if (kind === "multi" && !required && value.length === 0 && (def === undefined || def === null)) continue;
       setPath(body, path, value);
     }
     return body;
