@@ -40,7 +40,9 @@ _HEADERS = {
 }
 
 
-def _page(request: Request, template: str, page: str, **context) -> HTMLResponse:
+def _page(
+    request: Request, template: str, page: str, status_code: int = 200, **context
+) -> HTMLResponse:
     response = templates.TemplateResponse(
         request,
         template,
@@ -49,6 +51,7 @@ def _page(request: Request, template: str, page: str, **context) -> HTMLResponse
             "stage_plans": {kind: [name for name, _ in plan] for kind, plan in STAGE_PLANS.items()},
             **context,
         },
+        status_code=status_code,
     )
     response.headers.update(_HEADERS)
     return response
@@ -77,7 +80,9 @@ def jobs_page(request: Request) -> HTMLResponse:
 @router.get("/jobs/new/{kind}", response_class=HTMLResponse)
 def new_job_page(request: Request, kind: str) -> HTMLResponse:
     if kind not in JOB_KINDS:
-        return _page(request, "missing.html", "missing", title="Not found", what=f"job kind {kind}")
+        return _page(
+            request, "missing.html", "missing", 404, title="Not found", what=f"job kind {kind}"
+        )
     return _page(request, "new_job.html", "new-job", title=f"New {kind} job", kind=kind)
 
 

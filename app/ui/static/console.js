@@ -734,13 +734,19 @@
     grid.append(c.figure);
     const [labels, data] = histogram(regen.length_histogram);
     if (labels.length) barChart(c.canvas, labels, data, "rows", "sequence length");
-    else c.figure.append(el("p", { class: "muted" }, "No regenerated rows."));
+    else {
+      c.figure.querySelector(".canvas-box").hidden = true;
+      c.figure.append(el("p", { class: "muted" }, "No regenerated rows."));
+    }
 
     const d = chartFigure("Regenerated rows per memory", "chart-memories");
     grid.append(d.figure);
     const mem = regen.rows_per_memory || {};
     if (Object.keys(mem).length) barChart(d.canvas, Object.keys(mem), Object.values(mem), "rows", "memory");
-    else d.figure.append(el("p", { class: "muted" }, "No regenerated rows."));
+    else {
+      d.figure.querySelector(".canvas-box").hidden = true;
+      d.figure.append(el("p", { class: "muted" }, "No regenerated rows."));
+    }
 
     if (regen.generative_share !== undefined && (rows.regenerated || 0) > 0) {
       const e = chartFigure("Regenerated items: generative share", "chart-generative");
@@ -1204,7 +1210,7 @@
         ["Created", fmtTime(job.created_at)],
         ["Started", fmtTime(job.started_at)],
         ["Finished", fmtTime(job.finished_at)],
-        ["Run time", fmtDuration(job.started_at, job.finished_at)],
+        ["Run time", job.finished_at || !job.started_at ? fmtDuration(job.started_at, job.finished_at) : `${fmtDuration(job.started_at, new Date().toISOString())} so far`],
       ]);
       $("#overall-progress").value = Math.round(job.progress.fraction * 100);
       $("#overall-pct").textContent = fmtPct(job.progress.fraction);
