@@ -58,10 +58,37 @@ def strip_decodes(decoded: Decoded, drop_last_token: bool) -> Sequences:
     return decoded.seqs.slice_rows(np.zeros(len(lengths), dtype=np.int64), keep)
 
 
-def first_unique(seqs: Sequences) -> np.ndarray:
-    """Sorted indices of the first occurrence of every distinct row."""
-    if len(seqs) == 0:
-        return np.zeros(0, dtype=np.int64)
+_DEDUP_CHUNK = 1 << 20  # items hashed per chunk
+
+
+def _row_hashes(seqs: Sequences, chunk_items: int | None = None) -> np.ndarray:
+    """(n,) uint64 hash of every row (its length and items), computed over
+    chunks of whole rows of about ``chunk_items`` items."""
+    chunk_items = chunk_items or _DEDUP_CHUNK
+    lengths = seqs.lengths
+    width = int(lengths.max(initial=0))
+    rng = np.random.default_rng(0x5EED)
+    mult = rng.integers(1, 2**63, size=width, dtype=np.uint64) | np.uint64(1)  # odd per-position multipliers
+    out = lengths.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    offsets = seqs.offsets
+    bounds = np.searchsorted(offsets, np.arange(0, int(offsets[-1]) + chunk_items, chunk_items))
+    bounds = np.unique(np.concatenate([[0], np.minimum(bounds, len(seqs)), [len(seqs)]]))
+    with np.errstate(over="ignore"):
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            lo, hi = int(offsets[a]), int(offsets[b])
+            if hi == lo:
+                continue
+            row = np.repeat(np.arange(a, b), lengths[a:b])
+            pos = np.arange(lo, hi) - offsets[row]
+            mixed = (seqs.items[lo:hi].astype(np.uint64) + np.uint64(1)) * mult[pos]
+            mixed ^= mixed >> np.uint64(29)
+            nonempty = np.flatnonzero(lengths[a:b] > 0)
+            out[a + nonempty] += np.add.reduceat(mixed, (offsets[a:b] - lo)[nonempty])
+    return out
+
+
+def _first_unique_exact(seqs: Sequences) -> np.ndarray:
+    """Sorted indices of the first occurrence of every distinct row (one grid)."""
     # Pad with -1 (never an id) and append the length so [a, 0] and [a] differ.
     width = int(seqs.lengths.max(initial=0))
     grid = np.full((len(seqs), width + 1), -1, dtype=np.int64)
@@ -70,6 +97,50 @@ def first_unique(seqs: Sequences) -> np.ndarray:
     grid[:, 0] = seqs.lengths
     _, first = np.unique(grid, axis=0, return_index=True)
     return np.sort(first)
+
+
+def _same_rows(seqs: Sequences, a: np.ndarray, b: np.ndarray, chunk_items: int | None = None) -> np.ndarray:
+    """(len(a),) bool: row a[i] equals row b[i], compared in chunks."""
+    chunk_items = chunk_items or _DEDUP_CHUNK
+    lengths = seqs.lengths
+    same = lengths[a] == lengths[b]
+    idx = np.flatnonzero(same)
+    step = max(1, chunk_items // max(1, int(lengths.max(initial=1))))
+    for s in range(0, len(idx), step):
+        part = idx[s : s + step]
+        n = lengths[a[part]]
+        row = np.repeat(np.arange(len(part)), n)
+        pos = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+        diff = seqs.items[seqs.offsets[a[part]][row] + pos] != seqs.items[seqs.offsets[b[part]][row] + pos]
+        same[part[np.unique(row[diff])]] = False
+    return same
+
+
+def first_unique(seqs: Sequences) -> np.ndarray:
+    """Sorted indices of the first occurrence of every distinct row.
+
+    Rows are hashed in chunks (no whole-dataset padded grid); every row whose
+    hash was seen before is compared item by item with that hash's first row,
+    and only the rows of a hash shared by different rows (a collision, about
+    never) go through the exact padded-grid de-duplication. The result is
+    exactly the padded grid's on every input."""
+    if len(seqs) == 0:
+        return np.zeros(0, dtype=np.int64)
+    h = _row_hashes(seqs)
+    _, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+    rep = first[inverse.reshape(-1)]  # the first row with the same hash
+    later = np.flatnonzero(rep != np.arange(len(seqs)))
+    equal = _same_rows(seqs, later, rep[later])
+    if equal.all():
+        return np.sort(first)
+    # Collisions: settle every row of the colliding hashes exactly.
+    bad_hash = np.unique(inverse.reshape(-1)[later[~equal]])
+    involved = np.flatnonzero(np.isin(inverse.reshape(-1), bad_hash))
+    keep = np.ones(len(seqs), dtype=bool)
+    keep[later] = False  # exact duplicates of an earlier row (and the colliding rows, redone below)
+    keep[involved] = False
+    keep[involved[_first_unique_exact(seqs.take(involved))]] = True
+    return np.flatnonzero(keep)
 
 
 def _generative_share(seqs: Sequences, sources: Sequences, source_row: np.ndarray, vocab: int) -> float:

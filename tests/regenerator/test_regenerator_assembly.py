@@ -97,3 +97,23 @@ def test_end_to_end_regeneration_recovers_planted_patterns(trained, planted):
     assert out.stats["regenerated"] > 0
     # the regenerator was trained to extract exactly these patterns
     assert planted_recall(out.rows, PLANTED) >= 2 / 3  # contiguous
+
+
+def test_chunked_dedup_equals_the_padded_grid(monkeypatch) -> None:
+    # first_unique hashes rows in chunks and compares candidates item by item;
+    # it must keep exactly the rows the one-grid np.unique(axis=0) keeps, also
+    # when every row collides (all hashes forced equal) and with tiny chunks.
+    import models.regenerated as regenerated
+
+    rng = np.random.default_rng(3)
+    cases = [Sequences.from_lists([rng.integers(0, 4, size=int(rng.integers(0, 5))).tolist()
+                                   for _ in range(int(rng.integers(1, 60)))]) for _ in range(60)]
+    for seqs in cases:
+        assert np.array_equal(first_unique(seqs), regenerated._first_unique_exact(seqs))
+    monkeypatch.setattr(regenerated, "_DEDUP_CHUNK", 3)
+    for seqs in cases:
+        assert np.array_equal(first_unique(seqs), regenerated._first_unique_exact(seqs))
+    monkeypatch.setattr(regenerated, "_row_hashes",
+                        lambda seqs, chunk_items=None: np.zeros(len(seqs), dtype=np.uint64))
+    for seqs in cases:
+        assert np.array_equal(first_unique(seqs), regenerated._first_unique_exact(seqs))
