@@ -267,3 +267,46 @@ def test_a_second_principal_sees_nothing_of_the_first(
     a.page.locator("#datasets-table tbody tr", has_text="alice-private").wait_for()
     a.goto(f"/ui/jobs/{job['id']}")
     assert a.wait_job() == job["state"]
+
+
+def test_cancel_a_running_job_and_delete_its_dataset(stack: Stack, console, logs_dir: Path) -> None:
+    long_regeneration = {**TINY_REGEN, "pretrain_epochs": 1000, "pretrain_patience": 1000}
+    with httpx.Client(
+        base_url=stack.base_url, headers={"X-API-Key": stack.keys["alice"]}, timeout=60
+    ) as api:
+        ds = upload(api, logs_dir / "small.csv", name="to-delete").json()
+        r = api.post(
+            "/jobs/regenerate", json={"dataset_id": ds["id"], "parameters": long_regeneration}
+        )
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+
+    c = console("alice")
+    page = c.page
+    page.on("dialog", lambda dialog: dialog.accept())  # the "are you sure?" confirmations
+    _sign_in(c, stack.keys["alice"])
+    c.goto(f"/ui/jobs/{job_id}")
+    page.wait_for_function(
+        "() => /running/.test(document.querySelector('#job-summary .badge')?.textContent)",
+        timeout=120_000,
+    )
+    c.shot("job-running")
+    cancel = page.get_by_role("button", name="Cancel job")
+    cancel.focus()
+    page.keyboard.press("Enter")  # keyboard-usable
+    assert c.wait_job() == "cancelled"
+    assert cancel.is_hidden()
+    c.shot("job-cancelled")
+
+    c.goto(f"/ui/datasets/{ds['id']}")
+    page.locator("#jobs-table tbody tr[data-state='cancelled']").wait_for()
+    page.get_by_role("button", name="Delete dataset").click()
+    page.wait_for_url(f"{stack.base_url}/ui/")
+    page.wait_for_function(  # the list has been rendered
+        "() => document.querySelector('#datasets-table tbody tr') ||"
+        " !document.querySelector('#datasets-empty').hidden"
+    )
+    assert "to-delete" not in page.locator("main").inner_text()
+    c.shot("after-delete")
+    with httpx.Client(base_url=stack.base_url, headers={"X-API-Key": stack.keys["alice"]}) as api:
+        assert api.get(f"/datasets/{ds['id']}").status_code == 404
