@@ -77,6 +77,24 @@ def generative_schedule(n_rows: int, config: RegeneratorConfig) -> np.ndarray:
     return out
 
 
+def _packed_schedule(n_rows: int, config: RegeneratorConfig, chunk_rows: int = 1 << 16) -> np.ndarray:
+    """:func:`generative_schedule` as bits, (n_rows, ceil(steps / 8)) uint8, drawn
+    in chunks of rows from the same Generator stream (the same values as one
+    draw): 3 bytes a row instead of a (rows, steps) array of the whole dataset."""
+    steps = config.max_decode_len - 1
+    out = np.empty((n_rows, (steps + 7) // 8), dtype=np.uint8)
+    rng = np.random.default_rng(config.seed)
+    for a in range(0, n_rows, chunk_rows):
+        m = min(chunk_rows, n_rows - a)
+        if config.decode_policy == "parity":
+            block = np.ones((m, steps), dtype=bool)
+        else:
+            block = rng.random((m, steps)) < config.gamma
+        block[:, : config.restrictive_steps] = False
+        out[a : a + m] = np.packbits(block, axis=1)
+    return out
+
+
 def _check_sources(model: Regenerator, sources: Sequences) -> None:
     if len(sources) == 0:
         raise RegeneratorInputError("no source sequences to decode")
@@ -153,15 +171,39 @@ def _decoder_step(model: Regenerator, x: Tensor, i: int, st: _Batch) -> Tensor:
     return model.decoder_norm(x)
 
 
-_LOGIT_CHUNK = 1 << 21  # floats per chunk of generative logits (8 MB in float32)
+_LOGIT_CHUNK = 1 << 21  # floats per chunk of generative logits on CPU (8 MB in float32)
+_GPU_LOGIT_CHUNK = 1 << 26  # on GPU (256 MB): a 1M-item catalogue is scored in slices
 
 
-def _generative_argmax(h: Tensor, emitted: Tensor, table: Tensor, emit_pad: bool) -> Tensor:
-    logits = h @ table.t()  # (r, N+3)
-    logits.scatter_(1, emitted, -math.inf)  # no repeats; SOS is in ys
-    if not emit_pad:
-        logits[:, 0] = -math.inf
-    return logits.argmax(1)
+def _generative_argmax(h: Tensor, emitted: Tensor, table: Tensor, emit_pad: bool,
+                       budget: int | None = None) -> Tensor:
+    """Greedy token of each row over the whole vocabulary, emitted tokens (and
+    pad unless ``emit_pad``) excluded. The (rows, vocab) logits are computed in
+    catalogue slices of at most ``budget`` floats; a later slice wins only with
+    a strictly larger score, so ties go to the smallest id as in one argmax."""
+    vocab = table.shape[0]
+    cols = vocab if budget is None else max(1, budget // max(1, len(h)))
+    if cols >= vocab:
+        logits = h @ table.t()  # (r, N+3)
+        logits.scatter_(1, emitted, -math.inf)  # no repeats; SOS is in ys
+        if not emit_pad:
+            logits[:, 0] = -math.inf
+        return logits.argmax(1)
+    best = torch.full((len(h),), -math.inf, dtype=h.dtype, device=h.device)
+    arg = torch.zeros(len(h), dtype=torch.long, device=h.device)
+    for a in range(0, vocab, cols):
+        b = min(vocab, a + cols)
+        logits = torch.cat([h @ table[a:b].t(), h.new_zeros(len(h), 1)], 1)  # last column: a sink
+        local = emitted - a
+        local = local.masked_fill((local < 0) | (local >= b - a), b - a)
+        logits.scatter_(1, local, -math.inf)
+        if a == 0 and not emit_pad:
+            logits[:, 0] = -math.inf
+        val, idx = logits[:, : b - a].max(1)
+        better = val > best
+        best = torch.where(better, val, best)
+        arg = torch.where(better, idx + a, arg)
+    return arg
 
 
 def _choose(model: Regenerator, h: Tensor, gen: Tensor, st: _Batch, filled: int,
@@ -175,8 +217,11 @@ def _choose(model: Regenerator, h: Tensor, gen: Tensor, st: _Batch, filled: int,
         hg, em = (h, emitted) if g is None else (h[g], emitted[g])
         # On CPU, row chunks keep the (rows, N+3) logits cache-sized: one huge
         # matrix is slower to fill and scan than several small ones.
-        step = max(1, _LOGIT_CHUNK // model.vocab) if h.device.type == "cpu" else len(hg)
-        nxt = torch.cat([_generative_argmax(hg[a : a + step], em[a : a + step], table, emit_pad)
+        # Elsewhere all rows at once, the catalogue in slices of a fixed budget.
+        cpu = h.device.type == "cpu"
+        step = max(1, _LOGIT_CHUNK // model.vocab) if cpu else len(hg)
+        budget = _LOGIT_CHUNK if cpu else _GPU_LOGIT_CHUNK
+        nxt = torch.cat([_generative_argmax(hg[a : a + step], em[a : a + step], table, emit_pad, budget)
                          for a in range(0, len(hg), step)])
         if g is None:
             return nxt
@@ -276,25 +321,28 @@ def decode(model: Regenerator, sources: Sequences, config: RegeneratorConfig,
     model.eval()
     dev = model.embedding.weight.device
     steps = config.max_decode_len - 1
-    sched = torch.from_numpy(generative_schedule(n * kk, config)).to(dev)
-    out = np.zeros((n * kk, steps), dtype=np.int64)
-    out_len = np.zeros(n * kk, dtype=np.int64)
-    src_all, lengths = wrap_tokens(sources, model.sos, model.eos)
-    order = np.argsort(lengths, kind="stable")  # similar lengths share a batch: little padding
+    # Bounded buffers: the schedule as bits, sources wrapped per batch, and each
+    # batch's decodes kept as their real tokens only (no (rows, steps) array).
+    sched = _packed_schedule(n * kk, config)
+    order = np.argsort(sources.lengths, kind="stable")  # similar lengths share a batch: little padding
+    parts_rows, parts_len, parts_items = [], [], []
     done = 0
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
-        width = int(lengths[idx].max()) + 2
-        src = torch.from_numpy(src_all[idx, :width]).to(dev)
-        # a batch holds the sources of length-sorted users: scatter to user-major rows
+        src_np, _ = wrap_tokens(sources.take(idx), model.sos, model.eos)
+        src = torch.from_numpy(src_np).to(dev)
+        # a batch holds the sources of length-sorted users: rows u * K + k
         glob = (idx[:, None] * kk + np.arange(kk)[None, :]).reshape(-1)
-        local, local_len = _decode_batch(model, src, sched[torch.from_numpy(glob).to(dev)],
-                                         config.emit_pad)
-        out[glob], out_len[glob] = local.cpu().numpy(), local_len.cpu().numpy()
+        batch_sched = np.unpackbits(sched[glob], axis=1, count=steps).astype(bool)
+        local, local_len = _decode_batch(model, src, torch.from_numpy(batch_sched).to(dev), config.emit_pad)
+        local, local_len = local.cpu().numpy(), local_len.cpu().numpy()
+        parts_rows.append(glob)
+        parts_len.append(local_len)
+        parts_items.append(local[np.arange(steps)[None, :] < local_len[:, None]])
         done += len(idx)
         progress(ProgressEvent("decode", done, n, message=f"{done * kk} sequences decoded"))
-    keep = np.arange(steps)[None, :] < out_len[:, None]
-    seqs = Sequences.from_lengths(out[keep], out_len)
+    in_batch_order = Sequences.from_lengths(np.concatenate(parts_items), np.concatenate(parts_len))
+    seqs = in_batch_order.take(np.argsort(np.concatenate(parts_rows)))  # to user-major rows
     return Decoded(seqs, np.repeat(users, kk), np.tile(np.arange(kk, dtype=np.int64), n),
                    np.repeat(np.arange(n, dtype=np.int64), kk), sources, model.num_items)
 

@@ -140,3 +140,23 @@ def test_decode_length_comes_from_the_decoding_config():
     config = tiny_config(max_decode_len=6)
     lengths = _assert_matches_reference(model, _sources(20, 6, seed=4), config, batch_size=4)
     assert lengths.max() == 5
+
+
+def test_catalogue_slices_and_packed_schedule_change_no_decode(profile, monkeypatch):
+    # Generative logits scored in catalogue slices of a few items (as on a GPU
+    # with a huge catalogue) and the schedule kept as bits: every decode equals
+    # the one-slice run and the reference.
+    import models.decoding as decoding
+
+    torch.manual_seed(0)
+    config = _config(profile)
+    model = Regenerator(20, config).double().eval()
+    sources = _sources(20, 25, seed=2)
+    whole = decode(model, sources, config, batch_size=4)
+    packed = decoding._packed_schedule(60, config, chunk_rows=7)
+    assert np.array_equal(np.unpackbits(packed, axis=1, count=config.max_decode_len - 1).astype(bool),
+                          generative_schedule(60, config))
+    monkeypatch.setattr(decoding, "_LOGIT_CHUNK", 5)  # 1 row x 5 of the 23 tokens per slice
+    sliced = _assert_matches_reference(model, sources, config, batch_size=4)
+    assert np.array_equal(sliced, whole.seqs.lengths)
+    assert decode(model, sources, config, batch_size=4).seqs.to_lists() == whole.seqs.to_lists()
