@@ -269,7 +269,9 @@ def test_a_second_principal_sees_nothing_of_the_first(
     assert a.wait_job() == job["state"]
 
 
-def test_cancel_a_running_job_and_delete_its_dataset(stack: Stack, console, logs_dir: Path) -> None:
+def test_failed_and_cancelled_jobs_then_delete_their_dataset(
+    stack: Stack, console, logs_dir: Path
+) -> None:
     long_regeneration = {**TINY_REGEN, "pretrain_epochs": 1000, "pretrain_patience": 1000}
     with httpx.Client(
         base_url=stack.base_url, headers={"X-API-Key": stack.keys["alice"]}, timeout=60
@@ -280,6 +282,13 @@ def test_cancel_a_running_job_and_delete_its_dataset(stack: Stack, console, logs
         )
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
+        # no pattern reaches this support in 120 users: the job fails while mining
+        r = api.post(
+            "/jobs/regenerate",
+            json={"dataset_id": ds["id"], "parameters": {**TINY_REGEN, "beta": 100_000}},
+        )
+        assert r.status_code == 202, r.text
+        failing_id = r.json()["id"]
 
     c = console("alice")
     page = c.page
@@ -298,8 +307,17 @@ def test_cancel_a_running_job_and_delete_its_dataset(stack: Stack, console, logs
     assert cancel.is_hidden()
     c.shot("job-cancelled")
 
+    c.goto(f"/ui/jobs/{failing_id}")
+    assert c.wait_job() == "failed"
+    error = page.locator("#job-error")
+    error.wait_for()
+    assert "beta" in error.inner_text(), error.inner_text()
+    assert page.locator("#results").is_hidden()
+    c.shot("job-failed")
+
     c.goto(f"/ui/datasets/{ds['id']}")
     page.locator("#jobs-table tbody tr[data-state='cancelled']").wait_for()
+    page.locator("#jobs-table tbody tr[data-state='failed']").wait_for()
     page.get_by_role("button", name="Delete dataset").click()
     page.wait_for_url(f"{stack.base_url}/ui/")
     page.wait_for_function(  # the list has been rendered
