@@ -536,6 +536,14 @@ class TrainJobConfig(TrainConfig):
         PersonalizerOptions(), description="DR4SR+ profile and hyper-parameters (used when personalize is true)."
     )
 
+    @model_validator(mode="after")
+    def _dr4sr_plus_in_one_process(self) -> TrainJobConfig:
+        # The personalizer's meta-steps are not data-parallel (models/distributed.py)
+        if self.personalize and self.world_size > 1:
+            raise _fail(("world_size",), "DR4SR+ (personalize) trains in one process: world_size must be 1",
+                        self.world_size, type(self).__name__)
+        return self
+
     def personalizer_config(self) -> PersonalizerConfig:
         return self.personalizer.build()
 

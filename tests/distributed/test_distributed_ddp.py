@@ -115,3 +115,13 @@ def test_regenerator_two_ranks_match_one_process():
     assert not ddp.training and ddp.config.world_size == 2
     for (name, a), (_, b) in zip(single.state_dict().items(), ddp.state_dict().items(), strict=True):
         assert torch.allclose(a, b, atol=0.05), name
+
+
+def test_dr4sr_plus_job_with_world_size_above_one_is_rejected_at_submission():
+    from pydantic import ValidationError
+
+    from models.config import TrainJobConfig
+
+    assert TrainJobConfig(world_size=2).world_size == 2
+    with pytest.raises(ValidationError, match="world_size"):
+        TrainJobConfig(world_size=2, personalize=True)
