@@ -846,28 +846,44 @@
 
   function renderCompareResult(report, views) {
     const runs = report.runs || [];
+    // several seeds: one row per model x variant, mean ± sd over the seeds
+    const seeds = report.seeds || [];
+    const multi = seeds.length > 1 && Array.isArray(report.summary);
+    const rows = multi ? report.summary : runs;
+    const testOf = (r) => r.test_mean || r.test || {};
     const table = el("table", { class: "list compare", id: "compare-table" });
     table.append(
       el(
         "caption",
         {},
-        "Test metrics. Marks compare a variant with the original data on the same model, per user NDCG@20: ",
-        "* p < 0.05, ** p < 0.01, *** p < 0.001 (paired t-test); ▲/▼ the direction of the mean difference."
+        multi ? `Test metrics, mean ± sd over seeds ${seeds.join(", ")}. ` : "Test metrics. ",
+        "Marks compare a variant with the original data on the same model, per-user NDCG@20",
+        multi ? " averaged over seeds" : "",
+        ": * p < 0.05, ** p < 0.01, *** p < 0.001 (paired t-test); ▲/▼ the direction of the mean difference."
       ),
       el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "model"), el("th", { scope: "col" }, "variant"), METRICS.map((m) => el("th", { scope: "col" }, m)), el("th", { scope: "col" }, "p (t / Wilcoxon)")))
     );
     const body = el("tbody");
-    for (const run of runs) {
-      const sig = run.significance || run.significance_vs_original || null;
+    for (const row of rows) {
+      const sig = row.significance || null;
       const mark = sig ? `${sig.mean_diff > 0 ? " ▲" : sig.mean_diff < 0 ? " ▼" : ""}${stars(sig.t_p)}` : "";
-      const test = run.test || run.test_mean || {};
+      const test = testOf(row);
+      const sd = multi ? row.test_sd || {} : {};
       body.append(
         el(
           "tr",
-          { "data-model": run.model, "data-variant": run.variant },
-          el("th", { scope: "row" }, run.model),
-          el("td", {}, run.variant),
-          METRICS.map((m) => el("td", {}, fmtNum(test[m]), m === "ndcg@20" && mark ? el("span", { class: `mark ${sig.mean_diff >= 0 ? "up" : "down"}` }, mark) : null)),
+          { "data-model": row.model, "data-variant": row.variant },
+          el("th", { scope: "row" }, row.model),
+          el("td", {}, row.variant),
+          METRICS.map((m) =>
+            el(
+              "td",
+              {},
+              fmtNum(test[m]),
+              m in sd ? el("span", { class: "sd" }, ` ± ${fmtNum(sd[m])}`) : null,
+              m === "ndcg@20" && mark ? el("span", { class: `mark ${sig.mean_diff >= 0 ? "up" : "down"}` }, mark) : null
+            )
+          ),
           el("td", {}, sig ? `${fmtP(sig.t_p)} / ${fmtP(sig.wilcoxon_p)}` : "–")
         )
       );
@@ -876,17 +892,17 @@
     views.append(section(report.title || "Comparison", table));
     const grid = el("div", { class: "charts" });
     views.append(grid);
-    if (runs.length) {
-      const f = chartFigure("Test NDCG@20 per run", "chart-compare");
+    if (rows.length) {
+      const f = chartFigure(`Test NDCG@20 per ${multi ? "model × variant (mean over seeds)" : "run"}`, "chart-compare");
       grid.append(f.figure);
-      barChart(f.canvas, runs.map((r) => `${r.model} / ${r.variant}`), runs.map((r) => (r.test || r.test_mean || {})["ndcg@20"] ?? null), "ndcg@20", "");
-      for (const run of runs) {
-        if (Array.isArray(run.history) && run.history.length) {
-          const g = chartFigure(`Curves · ${run.model} / ${run.variant}`, `chart-curves-${run.model}-${run.variant}`.replace(/[^A-Za-z0-9-]/g, "-"));
-          grid.append(g.figure);
-          curves(g.canvas, run.history);
-        }
-      }
+      barChart(f.canvas, rows.map((r) => `${r.model} / ${r.variant}`), rows.map((r) => testOf(r)["ndcg@20"] ?? null), "ndcg@20", "");
+    }
+    for (const run of runs) {
+      if (!Array.isArray(run.history) || !run.history.length) continue;
+      const name = `${run.model} / ${run.variant}${multi && run.seed !== undefined ? ` / seed ${run.seed}` : ""}`;
+      const g = chartFigure(`Curves · ${name}`, `chart-curves-${name}`.replace(/[^A-Za-z0-9-]/g, "-"));
+      grid.append(g.figure);
+      curves(g.canvas, run.history);
     }
     weightCharts(report.weights, grid, "");
   }
