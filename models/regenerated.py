@@ -116,6 +116,26 @@ def _same_rows(seqs: Sequences, a: np.ndarray, b: np.ndarray, chunk_items: int |
     return same
 
 
+def unique_rows(seqs: Sequences) -> tuple[np.ndarray, np.ndarray]:
+    """(first, inverse): the sorted indices of the first occurrence of every
+    distinct row (:func:`first_unique`) and, per row, the index into ``first``
+    of its distinct row. Hashed in chunks like :func:`first_unique`."""
+    first = first_unique(seqs)
+    if len(seqs) == 0:
+        return first, np.zeros(0, dtype=np.int64)
+    h = _row_hashes(seqs)
+    _, h_first, h_inverse = np.unique(h, return_index=True, return_inverse=True)
+    if len(h_first) == len(first):  # no collision: hash classes are the row classes
+        return first, np.searchsorted(first, h_first[h_inverse.reshape(-1)])
+    # A collision (about never): the exact padded grid for the classes.
+    width = int(seqs.lengths.max(initial=0))
+    grid = np.full((len(seqs), width + 1), -1, dtype=np.int64)
+    grid[:, 1:] = np.where(np.arange(width)[None, :] < seqs.lengths[:, None], seqs.pad(length=width), -1)
+    grid[:, 0] = seqs.lengths
+    _, g_first, g_inverse = np.unique(grid, axis=0, return_index=True, return_inverse=True)
+    return first, np.searchsorted(first, g_first[g_inverse.reshape(-1)])
+
+
 def first_unique(seqs: Sequences) -> np.ndarray:
     """Sorted indices of the first occurrence of every distinct row.
 

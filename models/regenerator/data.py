@@ -67,16 +67,26 @@ class PairBatches:
 
     def __init__(self, src: Sequences, tgt: Sequences, sos: int, eos: int, batch_size: int,
                  share_sources: bool, device: torch.device) -> None:
-        src_tok, self.src_len = wrap_tokens(src, sos, eos)
         tgt_tok, self.tgt_len = wrap_tokens(tgt, sos, eos)
+        self.src_len = src.lengths
         self.batch_size, self.share, self.device = batch_size, share_sources, device
         self.n = len(src)
         if share_sources:  # identical rows are one source, whichever user they came from
-            uniq, inverse = np.unique(src_tok, axis=0, return_inverse=True)
-            self.source_of = inverse.reshape(-1)
-            self.uniq_len = self.src_len[np.unique(self.source_of, return_index=True)[1]]
-            src_tok = uniq
+            from models.regenerated import unique_rows
+
+            # Distinct rows by chunked hashing, then only those padded; ordered
+            # as np.unique(axis=0) of every padded pair row orders them
+            # (lexicographic), without building that (pairs x width) grid.
+            first, inverse = unique_rows(src)
+            uniq, _ = wrap_tokens(src.take(first), sos, eos)
+            lex = np.lexsort(uniq.T[::-1])
+            rank = np.empty(len(lex), dtype=np.int64)
+            rank[lex] = np.arange(len(lex))
+            self.source_of = rank[inverse]
+            self.uniq_len = self.src_len[first][lex]
+            src_tok = uniq[lex]
         else:
+            src_tok, _ = wrap_tokens(src, sos, eos)
             self.source_of = np.arange(self.n)
             self.uniq_len = self.src_len
         self.uniq_tok = torch.from_numpy(src_tok).to(device)
