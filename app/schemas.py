@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -211,6 +211,13 @@ class CompareRequest(BaseModel):
         description="Training data variants: original rows, DR4SR regenerated rows, DR4SR+ "
         "(regenerated rows + personalizer).",
     )
+    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1, strict=True)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=20,
+        description="Training seeds: every model x variant is trained once per seed and the report gives "
+        "mean and sd over them; null: the one seed of parameters.seed (2023).",
+    )
     regeneration_job_id: str | None = Field(
         None, description="Regeneration for the dr4sr variants; default: the latest successful one."
     )
@@ -223,8 +230,11 @@ class CompareRequest(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> CompareRequest:
+        if self.seeds is not None and "seed" in self.parameters.model_fields_set:
+            raise _invalid(("parameters", "seed"), "set the seeds field instead", self.parameters.seed,
+                           type(self).__name__)
         try:
-            CompareConfig(models=self.models, variants=self.variants)
+            CompareConfig(models=self.models, variants=self.variants, seeds=self.seeds or [self.config().seed])
         except ValidationError as exc:
             raise _nested_error((), exc, type(self).__name__) from None
         for model in self.models:

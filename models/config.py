@@ -423,6 +423,15 @@ class TrainConfig(_Config):
 # ---------------------------------------------------------------------------
 # DR4SR+ personalizer (spec §7, quirks Q3, Q14, Q15, Q16)
 # ---------------------------------------------------------------------------
+def _source_names(value: Any) -> Any:
+    """weight_sources: a collection of distinct names (the schema says uniqueItems)."""
+    if isinstance(value, str):
+        raise ValueError(f"must be a collection of source names, not the string {value!r}")
+    if isinstance(value, list | tuple) and len(set(map(repr, value))) != len(value):
+        raise ValueError("must not repeat a source")
+    return value
+
+
 class PersonalizerConfig(_Frozen):
     """The personalizer's hyper-parameters and quirk flags. ``parity()`` gives
     the released code, ``fixed()`` flips every flag."""
@@ -458,9 +467,7 @@ class PersonalizerConfig(_Frozen):
     @field_validator("weight_sources", mode="before")
     @classmethod
     def _not_a_string(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            raise ValueError(f"must be a collection of source names, not the string {value!r}")
-        return value
+        return _source_names(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> PersonalizerConfig:
@@ -499,6 +506,11 @@ class PersonalizerOptions(_PersonalizerFields):  # type: ignore[valid-type, misc
     """DR4SR+: a profile and overrides of its values (null keeps the profile's value)."""
 
     profile: Profile = Field("parity", description="'parity' (released code, the default) or 'fixed' (every DR4SR+ quirk flipped).")
+
+    @field_validator("weight_sources", mode="before")
+    @classmethod
+    def _sources(cls, value: Any) -> Any:
+        return value if value is None else _source_names(value)
 
     @model_validator(mode="after")
     def _buildable(self) -> PersonalizerOptions:

@@ -378,15 +378,20 @@ def compare(
     config: TrainJobConfig | None = None,
     out_dir: Path | str = "compare",
     progress: Progress = no_progress,
+    seeds: list[int] | tuple[int, ...] | None = None,
 ) -> TrainOutcome:
-    """The paper's Table 3 on the user's own data: each model on each variant,
-    with paired significance (t-test and Wilcoxon on per-user NDCG@20) against
-    the model's original-data run."""
+    """The paper's Table 3 on the user's own data: each model on each variant
+    and each seed (default: ``config.seed`` only), with paired significance
+    (t-test and Wilcoxon on per-user NDCG@20) against the model's
+    original-data run of the same seed. ``summary`` holds one row per model x
+    variant: mean and sd of the test metrics over seeds and the paired tests
+    on per-user NDCG@20 averaged over seeds."""
     from models.reports import write_report
 
     config = config if config is not None else TrainJobConfig()
-    chosen = CompareConfig(models=list(models), variants=list(variants), seeds=[config.seed])
-    models, variants = chosen.models, chosen.variants
+    chosen = CompareConfig(models=list(models), variants=list(variants),
+                           seeds=list(seeds) if seeds is not None else [config.seed])
+    models, variants, seeds = chosen.models, chosen.variants, chosen.seeds
     if any(v != "original" for v in variants) and regenerated_rows is None:
         raise ValueError("variants: 'dr4sr' and 'dr4sr+' need a regenerated dataset")
     from models.evaluation import paired_significance
@@ -394,42 +399,49 @@ def compare(
     out_dir = Path(out_dir)
     split = dataset.split(config.max_len)
     runs: list[dict[str, Any]] = []
-    total = len(models) * len(variants)
+    per_user: dict[tuple[str, str], list[np.ndarray]] = {}
+    total = len(models) * len(variants) * len(seeds)
     weights: dict[str, Any] = {}
-    for i, model in enumerate(models):
-        baseline = None
-        for j, variant in enumerate(variants):
-            step = i * len(variants) + j
-            label = f"{model}/{variant}"
-            progress(ProgressEvent(stage="compare", done=step, total=total, message=label))
-            cfg = config.replace(model=model, personalize=variant == "dr4sr+")
-            rows = split.train if variant == "original" else regenerated_rows
-            result = _run(dataset, split, rows, cfg, _renamed(progress, f"train {label}"))
-            run = {
-                "model": model,
-                "variant": variant,
-                "test": result.test_metrics,
-                "valid": result.valid_metrics,
-                "best_epoch": result.best_epoch + 1,
-                "seconds": round(result.seconds, 2),
-                "history": result.history,
-            }
-            ndcg = np.asarray(result.test_per_user["ndcg@20"])
-            if variant == "original":
-                baseline = ndcg
-            elif baseline is not None:
-                run["significance"] = paired_significance(ndcg, baseline)
-            if variant == "dr4sr+":
-                weights = result.weights
-            runs.append(run)
+    step = 0
+    for model in models:
+        for seed in seeds:
+            baseline = None
+            for variant in variants:
+                label = f"{model}/{variant}" + (f"/seed {seed}" if len(seeds) > 1 else "")
+                progress(ProgressEvent(stage="compare", done=step, total=total, message=label))
+                step += 1
+                cfg = config.replace(model=model, personalize=variant == "dr4sr+", seed=seed)
+                rows = split.train if variant == "original" else regenerated_rows
+                result = _run(dataset, split, rows, cfg, _renamed(progress, f"train {label}"))
+                run = {
+                    "model": model,
+                    "variant": variant,
+                    "seed": seed,
+                    "test": result.test_metrics,
+                    "valid": result.valid_metrics,
+                    "best_epoch": result.best_epoch + 1,
+                    "seconds": round(result.seconds, 2),
+                    "history": result.history,
+                }
+                ndcg = np.asarray(result.test_per_user["ndcg@20"])
+                per_user.setdefault((model, variant), []).append(ndcg)
+                if variant == "original":
+                    baseline = ndcg
+                elif baseline is not None:
+                    run["significance"] = paired_significance(ndcg, baseline)
+                if variant == "dr4sr+":
+                    weights = result.weights
+                runs.append(run)
     progress(ProgressEvent(stage="compare", done=total, total=total))
     report = {
         "kind": "compare",
         "title": f"Original vs DR4SR vs DR4SR+ on {dataset.name}",
         "dataset": {"name": dataset.name, **dataset.stats},
-        "protocol": _protocol(config, split),
+        "protocol": {**_protocol(config, split), "seeds": seeds},
         "parameters": config.as_dict(),
+        "seeds": seeds,
         "runs": runs,
+        "summary": _summary(runs, per_user, models, variants, paired_significance),
         "weights": weights,
         **_composition_report(regenerated_rows, split),
     }
@@ -441,3 +453,27 @@ def compare(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return TrainOutcome(report=report, out_dir=out_dir)
+
+
+def _summary(runs, per_user, models, variants, paired_significance) -> list[dict[str, Any]]:
+    """Mean and sd over seeds of each model x variant's test metrics; paired
+    tests of its per-user NDCG@20 (averaged over seeds) against the original's."""
+    out = []
+    for model in models:
+        for variant in variants:
+            mine = [r for r in runs if r["model"] == model and r["variant"] == variant]
+            metrics = sorted(mine[0]["test"]) if mine else []
+            row: dict[str, Any] = {
+                "model": model,
+                "variant": variant,
+                "seeds": len(mine),
+                "test_mean": {m: float(np.mean([r["test"][m] for r in mine])) for m in metrics},
+                "test_sd": {m: float(np.std([r["test"][m] for r in mine], ddof=1)) if len(mine) > 1 else 0.0
+                            for m in metrics},
+            }
+            if variant != "original" and (model, "original") in per_user:
+                ours = np.mean(per_user[(model, variant)], axis=0)
+                base = np.mean(per_user[(model, "original")], axis=0)
+                row["significance"] = paired_significance(ours, base)
+            out.append(row)
+    return out

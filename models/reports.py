@@ -119,7 +119,12 @@ def _table(rows: list[dict]) -> str:
         head += "<th>vs original (paired t / Wilcoxon p, NDCG@20)</th>"
     body = []
     for r in rows:
-        cells = "".join(f"<td>{r['test'][m]:.4f}</td>" if m in r.get("test", {}) else "<td></td>" for m in metrics)
+        sd = r.get("test_sd") or {}
+        cells = "".join(
+            (f"<td>{r['test'][m]:.4f}" + (f" ± {sd[m]:.4f}" if m in sd else "") + "</td>")
+            if m in r.get("test", {}) else "<td></td>"
+            for m in metrics
+        )
         if has_sig:
             sig = r.get("significance") or {}
             cells += (
@@ -158,7 +163,14 @@ img{max-width:100%}
 
 
 def result_rows(report: dict) -> list[dict]:
-    """The (model, variant, test metrics, significance) rows a report shows in its table."""
+    """The (model, variant, test metrics, significance) rows a report shows in its table;
+    a comparison over several seeds shows mean ± sd per model x variant."""
+    if len(report.get("seeds") or []) > 1 and report.get("summary"):
+        return [
+            {"model": r["model"], "variant": r["variant"], "test": r["test_mean"], "test_sd": r["test_sd"],
+             "significance": r.get("significance")}
+            for r in report["summary"]
+        ]
     if report.get("runs"):
         return report["runs"]
     return [
@@ -225,6 +237,10 @@ def render_html(report: dict) -> str:
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
              _warnings(report.get("warnings") or []),
              "<h2>Test metrics</h2>", _table(rows)]
+    if len(report.get("seeds") or []) > 1:
+        per_seed = [dict(r, variant=f"{r['variant']} / seed {r['seed']}") for r in report.get("runs", [])]
+        parts += [f"<p>Mean ± sd over seeds {report['seeds']}; p-values on per-user NDCG@20 averaged over seeds.</p>",
+                  "<h2>Runs per seed</h2>", _table(per_seed)]
     images = [
         ("Original vs regenerated vs personalized", _bars(rows, "ndcg@20")),
         ("Training curves", _curves([dict(r, label=f"{r.get('model')} / {r.get('variant')}") for r in rows])),

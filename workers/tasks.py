@@ -209,6 +209,7 @@ def _compare(run: JobRun, job: ClaimedJob, scratch: Path) -> Outcome:
             config,
             scratch / "output",
             run.progress,
+            seeds=p.get("seeds"),
         )
     return Outcome(dict(outcome.report), scratch / "output")
 

@@ -226,6 +226,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("compare"), "--out"),
         models: str = typer.Option("sasrec", help="Comma-separated models."),
         variants: str = typer.Option("original,dr4sr,dr4sr+", help="Comma-separated variants."),
+        seeds: str | None = typer.Option(None, help="Comma-separated training seeds (mean and sd over them). Default: the seed of --set seed (2023)."),
         epochs: int | None = typer.Option(None, help=_default(T, "epochs")),
         patience: int | None = typer.Option(None, help=_default(T, "patience")),
         device: str | None = typer.Option(None, help=_default(T, "device")),
@@ -238,18 +239,27 @@ def register(app: typer.Typer) -> None:
         from models.pipeline import compare, load_rows
 
         config = _config(T, dict(epochs=epochs, patience=patience, device=device, max_len=max_len), set_)
+        seed_list = None
+        if seeds is not None:
+            try:
+                seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+            except ValueError:
+                raise _fail(f"--seeds expects comma-separated integers, got {seeds!r}") from None
         chosen = _config(CompareConfig, {"models": [m.strip() for m in models.split(",") if m.strip()],
-                                         "variants": [v.strip() for v in variants.split(",") if v.strip()]}, [])
+                                         "variants": [v.strip() for v in variants.split(",") if v.strip()],
+                                         "seeds": seed_list or [config.seed]}, [])
         dataset = _load_dataset(file, fmt, 5, 5, config.max_len)
         try:
             with TerminalProgress() as progress:
                 outcome = compare(dataset, load_rows(regenerated / "regenerated.npz"),
-                                  chosen.models, chosen.variants, config, out, progress)
+                                  chosen.models, chosen.variants, config, out, progress, seeds=chosen.seeds)
         except ValueError as exc:
             raise _fail(str(exc)) from None
-        for run in outcome.report["runs"]:
-            sig = run.get("significance", {})
+        for row in outcome.report["summary"]:
+            sig = row.get("significance", {})
             p = f"  p(t)={sig['t_p']:.3g}" if "t_p" in sig else ""
-            typer.echo(f"{run['model']:>8} {run['variant']:>8}  NDCG@20 {run['test']['ndcg@20']:.4f}"
-                       f"  Recall@20 {run['test']['recall@20']:.4f}{p}")
+            mean, sd = row["test_mean"], row["test_sd"]
+            spread = f" ± {sd['ndcg@20']:.4f}" if row["seeds"] > 1 else ""
+            typer.echo(f"{row['model']:>8} {row['variant']:>8}  NDCG@20 {mean['ndcg@20']:.4f}{spread}"
+                       f"  Recall@20 {mean['recall@20']:.4f}{p}")
         typer.echo(f"report: {out / 'report.html'}")

@@ -132,6 +132,7 @@ def submit_compare(
     parameters = {
         "models": body.models,
         "variants": body.variants,
+        "seeds": body.seeds,
         "config": body.parameters.model_dump(mode="json", exclude_unset=True),
     }
     job = submit(

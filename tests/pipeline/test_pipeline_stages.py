@@ -126,6 +126,27 @@ def test_compare_reports_significance_against_original(dataset, regenerated, tmp
     assert (tmp_path / "cmp" / "report.html").exists()
 
 
+def test_compare_over_seeds_reports_mean_sd_and_pooled_tests(dataset, regenerated, tmp_path):
+    outcome, _ = regenerated
+    result = compare(dataset, outcome.rows, ["sasrec"], ["original", "dr4sr"], TrainJobConfig(epochs=1),
+                     tmp_path / "seeds", seeds=[1, 2])
+    report = result.report
+    assert [(r["variant"], r["seed"]) for r in report["runs"]] == [
+        ("original", 1), ("dr4sr", 1), ("original", 2), ("dr4sr", 2)]
+    assert report["seeds"] == [1, 2]
+    summary = {r["variant"]: r for r in report["summary"]}
+    ndcgs = [r["test"]["ndcg@20"] for r in report["runs"] if r["variant"] == "dr4sr"]
+    assert summary["dr4sr"]["seeds"] == 2
+    assert summary["dr4sr"]["test_mean"]["ndcg@20"] == pytest.approx(np.mean(ndcgs))
+    assert summary["dr4sr"]["test_sd"]["ndcg@20"] == pytest.approx(np.std(ndcgs, ddof=1))
+    assert "t_p" in summary["dr4sr"]["significance"] and "significance" not in summary["original"]
+    html = (tmp_path / "seeds" / "report.html").read_text()
+    assert "Runs per seed" in html and " ± " in html
+    with pytest.raises(ValidationError, match="seeds"):
+        compare(dataset, outcome.rows, ["sasrec"], ["original"], TrainJobConfig(epochs=1), tmp_path / "x",
+                seeds=[3, 3])
+
+
 def test_cli_regenerate_then_train_end_to_end(tmp_path):
     log = write(tmp_path / "log.csv", generate(num_users=150, num_items=70, num_patterns=12, seed=5))
     runner = CliRunner()

@@ -107,3 +107,18 @@ def test_an_invalid_value_reads_the_same_in_the_cli_and_the_api(
     error = r.json()["error"]
     assert error["field"] == f"parameters.{field}"
     assert error["message"] == f"parameters.{cli_message}"
+
+
+def test_compare_seeds_are_validated_at_submission(client: TestClient) -> None:
+    base = {"dataset_id": "00000000-0000-0000-0000-000000000000", "models": ["sasrec"], "variants": ["original"]}
+    for extra, field in (
+        ({"seeds": [1, 1]}, "seeds"),
+        ({"seeds": []}, "seeds"),
+        ({"seeds": [1], "parameters": {"seed": 2}}, "parameters.seed"),
+        ({"seeds": ["1"]}, "seeds[0]"),
+    ):
+        r = client.post("/jobs/compare", json={**base, **extra})
+        assert r.status_code == 422 and r.json()["error"]["field"] == field, (extra, r.text)
+    # a valid body passes validation and reaches the dataset lookup
+    r = client.post("/jobs/compare", json={**base, "seeds": [1, 2, 3]})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
