@@ -95,8 +95,21 @@ def _format_label(options: dict, filename: str) -> str | None:
     return options.get("format") or format_from_extension(filename)
 
 
-def _data_error_field(exc: Exception) -> str:
+_COLUMN_OPTIONS = ("user_col", "item_col", "time_col")
+
+
+def _data_error_field(exc: Exception, options: dict | None = None) -> str:
+    """The field a data error belongs to: ``file.<column>`` for a bad value,
+    the column-mapping option when the column it names is missing (so a form
+    can show the error beside that option), else ``file``."""
     column = getattr(exc, "column", None)
+    message = getattr(exc, "message", "")
+    if column is None and message.startswith("missing column(s)"):
+        missing = message.split(";", 1)[0]
+        for option in _COLUMN_OPTIONS:
+            value = (options or {}).get(option)
+            if isinstance(value, str) and f"'{value}'" in missing:
+                return option
     return f"file.{column}" if column else "file"
 
 
@@ -226,7 +239,8 @@ async def ingest(
         try:
             prepared = await run_in_threadpool(run_prepare, named, options, name)
         except DataError as exc:
-            raise Invalid(str(exc), field=_data_error_field(exc), code="invalid_data") from None
+            field = _data_error_field(exc, options)
+            raise Invalid(str(exc), field=field, code="invalid_data") from None
         except ValueError as exc:
             raise Invalid(str(exc), field="file", code="invalid_data") from None
         dataset_id = await run_in_threadpool(

@@ -205,6 +205,17 @@ def test_upload_errors_appear_next_to_their_field(stack: Stack, console, logs_di
     assert page.locator("#upload-progress").is_hidden()
     c.shot("upload-422")
 
+    # a mapped column the file lacks: shown beside that column-mapping field
+    page.get_by_label("Interaction log file").set_input_files(str(logs_dir / "small.csv"))
+    c.fill({"user_col": "customer"})
+    page.get_by_role("button", name="Upload").click()
+    error = c.error_for("user_col")
+    error.wait_for()
+    assert "missing column(s) 'customer'" in error.inner_text()
+    assert c.error_for("file").inner_text() == ""
+    c.shot("upload-422-mapping")
+    c.fill({"user_col": ""})
+
     # an out-of-range option is named at its own field, and nothing is sent
     page.get_by_label("Interaction log file").set_input_files(str(logs_dir / "small.csv"))
     c.fill({"user_core": 0})

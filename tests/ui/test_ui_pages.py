@@ -76,3 +76,15 @@ def test_the_console_is_not_part_of_the_api_document() -> None:
     assert paths and not any(p.startswith("/ui") for p in paths)
     # ...and yet served by the API's own app (no lifespan needed for a shell)
     assert TestClient(app).get("/ui/jobs").status_code == 200
+
+
+def test_a_missing_mapped_column_is_the_mapping_fields_error() -> None:
+    from app.ingest import _data_error_field
+    from models.data.errors import ColumnError, TimestampError
+
+    missing = ColumnError("missing column(s) 'customer'; found 'user_id', 'item_id'", file="a.csv")
+    assert _data_error_field(missing, {"user_col": "customer"}) == "user_col"
+    assert _data_error_field(missing, {"item_col": "customer"}) == "item_col"
+    assert _data_error_field(missing, {}) == "file"
+    bad = TimestampError("cannot parse 'x'", file="a.csv", line=3, column="ts")
+    assert _data_error_field(bad, {"time_col": "ts"}) == "file.ts"
