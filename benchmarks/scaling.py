@@ -302,6 +302,7 @@ def run_point(users: int, args) -> dict:
             **out["info"],
         }
         log(f"{users}: {stage} {out['seconds']:.1f}s, peak RSS {out['peak_rss_mb']:.0f} MB, {out['info']}")
+        (work / "point.json").write_text(json.dumps(point))  # what finished so far
     return point
 
 
@@ -381,7 +382,8 @@ def main() -> None:
     ap.add_argument("--md", default=None, help="write the Markdown table (and a PNG next to it)")
     ap.add_argument("--note", default="", help="a line for the Markdown (machine load, say)")
     ap.add_argument("--merge", default=None,
-                    help="a previous run's log (last line JSON) whose points are kept; with --users '' only rewrites --md")
+                    help="comma-separated earlier results whose points are kept: a run's log (last line JSON) or a "
+                         "work folder's point.json (a partial point); with --users '' only rewrites --md")
     ap.add_argument("--stage", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.skip = set(filter(None, args.skip.split(",")))
@@ -391,8 +393,12 @@ def main() -> None:
         print(json.dumps(out))
         return
     points = []
-    if args.merge and Path(args.merge).is_file():
-        points = json.loads(Path(args.merge).read_text().strip().splitlines()[-1])["points"]
+    for merge in filter(None, (args.merge or "").split(",")):
+        text = Path(merge).read_text().strip()
+        loaded = json.loads(text.splitlines()[-1])
+        extra = loaded["points"] if "points" in loaded else [loaded]  # a log's last line or a point.json
+        have = {p["users_requested"] for p in extra}
+        points = [p for p in points if p["users_requested"] not in have] + extra
     for users in (int(u) for u in args.users.split(",") if u):
         points = [p for p in points if p.get("users_requested") != users]
         points.append(run_point(users, args))
