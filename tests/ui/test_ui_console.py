@@ -100,7 +100,7 @@ def test_used_by_path_through_the_console(
     # a regeneration from the generated form
     page.get_by_role("link", name="Start a regeneration").click()
     page.wait_for_function(
-        f"() => document.querySelector('[data-path=dataset_id]').value === '{dataset_id}'"
+        f"() => document.querySelector('[data-path=dataset_id]')?.value === '{dataset_id}'"
     )
     c.open_groups("#job-form")
     c.fill({"parameters": TINY_REGEN})
@@ -139,7 +139,7 @@ def test_used_by_path_through_the_console(
     # a DR4SR+ training on the regenerated data
     c.goto(f"/ui/jobs/new/train?dataset_id={dataset_id}")
     page.wait_for_function(
-        f"() => document.querySelector('[data-path=dataset_id]').value === '{dataset_id}'"
+        f"() => document.querySelector('[data-path=dataset_id]')?.value === '{dataset_id}'"
     )
     c.open_groups("#job-form")
     c.fill(
@@ -163,7 +163,7 @@ def test_used_by_path_through_the_console(
     # a comparison with its significance marks
     c.goto(f"/ui/jobs/new/compare?dataset_id={dataset_id}")
     page.wait_for_function(
-        f"() => document.querySelector('[data-path=dataset_id]').value === '{dataset_id}'"
+        f"() => document.querySelector('[data-path=dataset_id]')?.value === '{dataset_id}'"
     )
     c.open_groups("#job-form")
     c.fill(
