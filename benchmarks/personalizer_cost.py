@@ -14,11 +14,19 @@ peak RSS is per run; with ``--repeats`` the runs alternate and the fastest
 repeat of each kind is kept.
 
 Training rows: the original rows of the leave-one-out split plus the mined
-pattern rows (alpha 5, beta 2) unless ``--no-patterns``; no regenerated data
-is involved, so parity weighting personalises the original rows and leaves
-the pattern rows at weight 1.
+pattern rows (alpha 5, beta 2) unless ``--no-patterns``. Parity weighting
+personalises the original rows and leaves the pattern rows at weight 1.
+
+``--regenerated ROWS`` adds the shape of a parity regenerated file: the
+original rows a second time (Q1) and ROWS regenerated rows (the parity
+regeneration of Beauty gave 34,073). They are stand-ins, not decodes: each is
+a contiguous 2-4 item window (mean about 2.5, like the parity decodes after
+stripping) of a random user's training row, with source REGENERATED, so the
+personalizer weights them. The cost depends on row count and width, not on
+which items they hold; a real regeneration takes ~15 minutes of CPU.
 
     python benchmarks/personalizer_cost.py --dataset ../shared/data/amazon-beauty.txt
+    python benchmarks/personalizer_cost.py --dataset ../shared/data/amazon-beauty.txt --regenerated 34073
 
 Progress goes to stderr; the last stdout line is one JSON object.
 """
@@ -37,7 +45,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.data.sequences import Sequences, Split, TrainRows  # noqa: E402
+import numpy as np  # noqa: E402
+
+from models.data.sequences import RowSource, Sequences, Split, TrainRows  # noqa: E402
 from models.data.split import leave_one_out  # noqa: E402
 
 
@@ -55,7 +65,7 @@ def load(args: argparse.Namespace) -> tuple[Split, TrainRows, int, dict]:
                 rows.append([int(x) for x in parts[1:]])
     seqs = Sequences.from_lists(rows)
     split = leave_one_out(seqs, max_len=args.max_len)
-    train, info = split.train, {"original_rows": len(split.train), "pattern_rows": 0}
+    train, info = split.train, {"original_rows": len(split.train), "pattern_rows": 0, "regenerated_rows": 0}
     if args.patterns:
         from models.patterns import mine_patterns, pattern_rows
 
@@ -63,7 +73,24 @@ def load(args: argparse.Namespace) -> tuple[Split, TrainRows, int, dict]:
         patterns = mine_patterns(split.mining, alpha=5, beta=2)
         train = train.concat(pattern_rows(patterns))
         info.update(pattern_rows=len(patterns), mining_s=round(time.perf_counter() - started, 2))
+    if args.regenerated:
+        train = train.concat(split.train).concat(standin_regenerated(split.train, args.regenerated, args.seed))
+        info.update(original_rows=2 * info["original_rows"], regenerated_rows=args.regenerated)
     return split, train, int(seqs.items.max()), info
+
+
+def standin_regenerated(original: TrainRows, n: int, seed: int) -> TrainRows:
+    """``n`` rows shaped like parity regenerated rows: contiguous windows of 2, 3
+    or 4 items (probabilities 0.6 / 0.3 / 0.1) of random users' training rows."""
+    rng = np.random.default_rng([seed, 7])
+    row = rng.integers(0, len(original), n)
+    avail = original.seqs.lengths[row]
+    want = rng.choice([2, 3, 4], size=n, p=[0.6, 0.3, 0.1])
+    length = np.minimum(want, avail)
+    start = original.seqs.offsets[row] + (rng.random(n) * (avail - length + 1)).astype(np.int64)
+    index = np.repeat(start - np.cumsum(length) + length, length) + np.arange(int(length.sum()))
+    seqs = Sequences.from_lengths(original.seqs.items[index], length)
+    return TrainRows.build(seqs, RowSource.REGENERATED, original.user[row])
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -116,7 +143,7 @@ def worker(args: argparse.Namespace) -> dict:
 
 def run_worker(args: argparse.Namespace, kind: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind]
-    for name in ("dataset", "model", "epochs", "interval", "device", "seed", "max_len"):
+    for name in ("dataset", "model", "epochs", "interval", "device", "seed", "max_len", "regenerated"):
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     if args.threads is not None:
         cmd += ["--threads", str(args.threads)]
@@ -138,6 +165,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--repeats", type=int, default=1, help="alternating plain/personalized runs; best kept")
     p.add_argument("--no-patterns", dest="patterns", action="store_false")
+    p.add_argument("--regenerated", type=int, default=0,
+                   help="add the original rows again and this many stand-in regenerated rows")
+    p.add_argument("--note", default="", help="recorded as is, e.g. 'not quiet: a quality run on one core'")
     p.add_argument("--worker", choices=("plain", "personalized"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -164,7 +194,10 @@ def main() -> None:
         "dataset": Path(args.dataset).name,
         "model": args.model,
         "device": pers["device"],
-        "rows": {"original": pers["original_rows"], "pattern": pers["pattern_rows"], "regenerated": 0},
+        "rows": {"original": pers["original_rows"], "pattern": pers["pattern_rows"],
+                 "regenerated": pers["regenerated_rows"]},
+        "regenerated_rows": "stand-ins (see --help)" if args.regenerated else "none",
+        "note": args.note,
         "measured_epochs": args.epochs,
         "repeats": args.repeats,
         "threads": args.threads,

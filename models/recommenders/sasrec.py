@@ -161,6 +161,8 @@ class SASRec(SequentialRecommender):
         self.encoder.reset_in_projections()
 
     def item_embeddings(self) -> Tensor:
+        if not self.extra_tokens:  # the whole table: no slice, whose backward copies the table
+            return self.item_emb.weight  # (N + 1, d)
         return self.item_emb.weight[: self.num_items + 1]  # (N + 1, d)
 
     def input_table(self) -> Tensor:
