@@ -110,7 +110,7 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"error: --regen-set expects key=value, got {item!r}")
+            raise SystemExit(f"error: --regen-set/--pers-set expect key=value, got {item!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -150,6 +150,7 @@ def _identity(rec: dict[str, Any]) -> tuple:
         rec.get("profile"), rec.get("personalizer_profile"), rec.get("ablation", "none"),
         json.dumps(rec.get("regeneration_settings") or {}, sort_keys=True),
         rec.get("bucket_chunk", 32), rec.get("tag"),
+        json.dumps(rec.get("personalizer_settings") or {}, sort_keys=True),
     )
 
 
@@ -205,6 +206,7 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
         "ablation": args.ablation if variant != "original" else "none",
         "profile": settings["profile"] if variant != "original" else None,
         "personalizer_profile": args.personalizer_profile if variant == "dr4sr+" else None,
+        "personalizer_settings": _parse_sets(args.pers_set) if variant == "dr4sr+" else {},
         "regeneration_settings": {k: v for k, v in settings.items() if k != "profile"} if variant != "original" else {},
         "bucket_chunk": args.bucket_chunk,
         "tag": args.tag,
@@ -221,7 +223,7 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
     if variant != "original":
         rows, regen_stats, made_with, regen_folder = regenerated_rows(dataset_path, dataset, settings, device)
         rec["profile"] = made_with["profile"]
-    personalizer = {"profile": args.personalizer_profile}
+    personalizer = {"profile": args.personalizer_profile, **_parse_sets(args.pers_set)}
     if args.ablation == "end_to_end":
         personalizer["mode"] = "end_to_end"
     cfg = TrainJobConfig(
@@ -286,6 +288,8 @@ def main() -> None:
     p.add_argument("--personalizer-profile", default="fixed", choices=["parity", "fixed"])
     p.add_argument("--regen-set", action="append", default=[], metavar="KEY=VALUE",
                    help="Regeneration setting (JSON value), e.g. --regen-set beta=3; repeatable.")
+    p.add_argument("--pers-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="DR4SR+ personalizer override (JSON value), e.g. --pers-set meta_lr=0.1; repeatable.")
     p.add_argument("--regenerator-epochs", type=int)
     p.add_argument("--pretrain-epochs", type=int)
     p.add_argument("--epochs", type=int, default=1000)

@@ -58,6 +58,7 @@ def arm_key(rec: dict[str, Any]) -> tuple:
         rec.get("profile"), rec.get("personalizer_profile"), rec.get("ablation", "none"),
         json.dumps(rec.get("regeneration_settings") or {}, sort_keys=True),
         rec.get("bucket_chunk", 32), rec.get("tag"),
+        json.dumps(rec.get("personalizer_settings") or {}, sort_keys=True),
     )
 
 
@@ -153,12 +154,12 @@ def render(records: list[dict[str, Any]], notes: str) -> str:
 
     def sort_key(item):
         k = item[0]
-        return (k[0], k[1], k[2], str(k[8]), VARIANT_ORDER.get(k[3], 9), str(k[4]), str(k[5]), k[7], str(k[9]))
+        return (k[0], k[1], k[2], str(k[8]), VARIANT_ORDER.get(k[3], 9), str(k[4]), str(k[5]), k[7], str(k[9]), k[10])
 
     for key, runs in sorted(arms.items(), key=sort_key):
-        dataset, model, loss, variant, profile, pprofile, ablation, settings, bucket, tag = key
+        dataset, model, loss, variant, profile, pprofile, ablation, settings, bucket, tag, psettings = key
         runs = sorted(runs, key=lambda r: r["seed"])
-        base_key = (dataset, model, loss, "original", None, None, "none", "{}", bucket, None)
+        base_key = (dataset, model, loss, "original", None, None, "none", "{}", bucket, None, "{}")
         base = arms.get(base_key, [])
         pooled = pooled_test(runs, base) if variant != "original" and base else None
         per_seed = [
@@ -169,6 +170,8 @@ def render(records: list[dict[str, Any]], notes: str) -> str:
             arm.append(f"regen {profile}")
         if pprofile:
             arm.append(f"pers {pprofile}")
+        if psettings != "{}":
+            arm.append(psettings.replace("|", "/"))
         if ablation != "none":
             arm.append(ablation)
         if settings != "{}":
