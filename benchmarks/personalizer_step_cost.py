@@ -14,7 +14,9 @@ from medians, on the wall clock and in process CPU time. ``--variant
 item_table_slice`` also times, interleaved with the current code, SASRec's
 ``item_embeddings()`` as it was before it returned the whole table (a slice
 of the full table, whose backward zero-fills and copies the table once per
-autograd pass: that cost the meta step ~25 %).
+autograd pass). On the loaded 2-core machine the difference between the two
+was within run-to-run noise (one run: meta step -27 % CPU time, the next:
++16 %); see benchmarks/results/personalizer_overhead.md.
 
     nice -n 15 .venv/bin/python benchmarks/personalizer_step_cost.py --dataset ../shared/data/amazon-beauty.txt --regenerated 34073 --variant item_table_slice
 
