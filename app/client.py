@@ -165,15 +165,27 @@ def retry_after(response: httpx.Response) -> float | None:
 
 # -- resources ------------------------------------------------------------------
 @dataclass
-class Dataset:
-    """An uploaded dataset (``data`` is the API's full JSON)."""
+class _Resource:
+    """An API object: ``data`` is its full JSON, re-read by :meth:`refresh`."""
 
     client: Client = field(repr=False)
     data: dict[str, Any]
+    _route = ""  # the collection path, e.g. "/datasets"
 
     @property
     def id(self) -> str:
         return self.data["id"]
+
+    def refresh(self):
+        self.data = self.client._json("GET", f"{self._route}/{self.id}")
+        return self
+
+
+@dataclass
+class Dataset(_Resource):
+    """An uploaded dataset (``data`` is the API's full JSON)."""
+
+    _route = "/datasets"
 
     @property
     def status(self) -> str:
@@ -182,10 +194,6 @@ class Dataset:
     @property
     def name(self) -> str:
         return self.data["name"]
-
-    def refresh(self) -> Dataset:
-        self.data = self.client._json("GET", f"/datasets/{self.id}")
-        return self
 
     def wait(self, timeout: float | None = None, poll: float = 1.0) -> Dataset:
         """Until a large upload's validation job has finished; raises
@@ -206,15 +214,10 @@ class Dataset:
 
 
 @dataclass
-class Job:
+class Job(_Resource):
     """A regenerate / train / compare (or validation) job."""
 
-    client: Client = field(repr=False)
-    data: dict[str, Any]
-
-    @property
-    def id(self) -> str:
-        return self.data["id"]
+    _route = "/jobs"
 
     @property
     def kind(self) -> str:
@@ -239,10 +242,6 @@ class Job:
     @property
     def done(self) -> bool:
         return self.state in FINISHED
-
-    def refresh(self) -> Job:
-        self.data = self.client._json("GET", f"/jobs/{self.id}")
-        return self
 
     def cancel(self) -> Job:
         self.data = self.client._json("POST", f"/jobs/{self.id}/cancel")
