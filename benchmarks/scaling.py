@@ -225,7 +225,6 @@ def run_stage(stage: str, work: Path, args) -> dict:
     if stage == "evaluate":
         import torch
 
-        from models.data.sequences import EvalRows
         from models.evaluation import evaluate
         from models.recommenders import build_model
 
@@ -233,7 +232,7 @@ def run_stage(stage: str, work: Path, args) -> dict:
         model = build_model("sasrec", ds.num_items, {"max_len": 50}, train=split.train).eval()
         n = len(split.valid)
         pick = np.sort(np.random.default_rng(0).choice(n, min(n, args.eval_users), replace=False))
-        rows = EvalRows(split.valid.history.take(pick), split.valid.target[pick], split.valid.user[pick])
+        rows = split.valid.take(pick)
         t = time.perf_counter()
         evaluate(model, rows, ks=(10, 20))
         seconds = (time.perf_counter() - t) * n / len(pick)

@@ -362,7 +362,7 @@ def _valid_rows(valid: EvalRows, config: TrainConfig) -> EvalRows:
     pick = np.sort(
         np.random.default_rng([config.seed, 15]).choice(len(valid), config.valid_sample, replace=False)
     )
-    return EvalRows(valid.history.take(pick), valid.target[pick], valid.user[pick])
+    return valid.take(pick)
 
 
 def _train(

@@ -190,6 +190,11 @@ class EvalRows:
     def __len__(self) -> int:
         return len(self.history)
 
+    def take(self, index: np.ndarray) -> EvalRows:
+        """Rows ``index`` (any order) as new evaluation rows."""
+        index = np.asarray(index, dtype=np.int64)
+        return EvalRows(self.history.take(index), self.target[index], self.user[index])
+
 
 @dataclass
 class Split:

@@ -84,12 +84,7 @@ def split_dev_and_selection(valid: EvalRows, seed: int) -> tuple[EvalRows, EvalR
         )
     order = np.random.default_rng([seed, 0xDE5]).permutation(len(valid))
     half = len(valid) // 2
-    dev_idx, sel_idx = np.sort(order[:half]), np.sort(order[half:])
-
-    def take(index: np.ndarray) -> EvalRows:
-        return EvalRows(valid.history.take(index), valid.target[index], valid.user[index])
-
-    return take(dev_idx), take(sel_idx)
+    return valid.take(np.sort(order[:half])), valid.take(np.sort(order[half:]))
 
 
 def train_personalized(
