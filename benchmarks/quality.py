@@ -66,6 +66,9 @@ from models.pipeline import (  # noqa: E402
 )
 from models.progress import ProgressEvent  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from quality_table import arm_key  # noqa: E402
+
 # DR4SR_QUALITY_RESULTS redirects the results folder (the harness's own tests use it);
 # per-user paths in the JSONL are relative to its grandparent (the project root by default)
 RESULTS = Path(os.environ.get("DR4SR_QUALITY_RESULTS", ROOT / "benchmarks" / "results"))
@@ -145,13 +148,8 @@ def _load_records() -> list[dict[str, Any]]:
 
 
 def _identity(rec: dict[str, Any]) -> tuple:
-    return (
-        rec["dataset"], rec["model"], rec["variant"], rec.get("loss", "bce"), rec.get("seed"),
-        rec.get("profile"), rec.get("personalizer_profile"), rec.get("ablation", "none"),
-        json.dumps(rec.get("regeneration_settings") or {}, sort_keys=True),
-        rec.get("bucket_chunk", 32), rec.get("tag"),
-        json.dumps(rec.get("personalizer_settings") or {}, sort_keys=True),
-    )
+    """A run: its arm (as the table groups them) and its seed."""
+    return (*arm_key(rec), rec.get("seed"))
 
 
 def _per_user_path(rec: dict[str, Any]) -> Path:
