@@ -26,23 +26,25 @@ optimiser's state into such a dict.
 
 The trainer only writes the per-epoch ``last.safetensors`` / ``last.json`` pair
 in ``checkpoint_dir``; :func:`save_checkpoint` writes the final artefact.
+
+The trainer is split in three modules, one concern each: this one holds the
+epoch loop (:func:`train_model`), :mod:`models.training_checkpoint` the run's
+resumable state and its ``last.*`` files, :mod:`models.training_distributed`
+the ``world_size > 1`` data-parallel ranks. Every knob is a field of
+:class:`models.config.TrainConfig`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from models.batching import Batch, BatchIterator
@@ -53,36 +55,27 @@ from models.progress import Progress, ProgressEvent, no_progress
 from models.recommenders import build_model
 from models.recommenders.base import SequentialRecommender
 from models.recommenders.serialization import (
-    CHECKPOINT_VERSION,
     CheckpointError,
-    atomic_write,
-    cpu_tensors,
     flatten_optimizer_state,
     load_model,
     load_optimizer_state,
     rng_state,
     save_checkpoint,
     set_rng_state,
-    split_tensors,
     strip_prefix,
 )
+from models.training_checkpoint import (
+    _check_resumable,
+    _read_run_checkpoint,
+    _RunState,
+    _stateful,
+    _write_run_checkpoint,
+)
+from models.training_distributed import _shard_loss, _ShardLoss, _train_distributed
 
 LossFn = Callable[[SequentialRecommender, Batch, int, int], Tensor]
 StepHook = Callable[[SequentialRecommender, Batch, int, int], None]
 ModelHook = Callable[[SequentialRecommender], None]
-
-# settings a resumed run must share with the run it continues
-_RESUME_KEYS = (
-    "model",
-    "model_overrides",
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "loss",
-    "seed",
-    "max_len",
-    "bucket_chunk",
-)
 
 
 class TrainingError(ValueError):
@@ -105,101 +98,6 @@ class TrainResult:
 # ---------------------------------------------------------------------------
 # the training loop
 # ---------------------------------------------------------------------------
-
-
-@dataclass
-class _RunState:
-    epoch: int = 0  # next epoch to run
-    step: int = 0
-    best_score: float = -math.inf
-    best_epoch: int = -1
-    best_valid: dict[str, float] = field(default_factory=dict)
-    bad_epochs: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
-    stopped_early: bool = False
-
-
-def _stateful(hook: Any) -> bool:
-    return (
-        hook is not None
-        and callable(getattr(hook, "state_dict", None))
-        and callable(getattr(hook, "load_state_dict", None))
-    )
-
-
-def _write_run_checkpoint(
-    directory: Path,
-    config: TrainConfig,
-    num_items: int,
-    model: SequentialRecommender,
-    optimizer: torch.optim.Optimizer,
-    best_state: dict[str, Tensor] | None,
-    run: _RunState,
-    hooks: dict[str, Any],
-    extra: dict[str, Any] | None = None,
-) -> None:
-    tensors = cpu_tensors(model.state_dict(), "model.")
-    opt_tensors, opt_meta = flatten_optimizer_state(optimizer)
-    tensors.update(cpu_tensors(opt_tensors, ""))
-    if best_state is not None:
-        tensors.update(cpu_tensors(best_state, "best."))
-    hook_meta = {}
-    for name, hook in hooks.items():
-        t, other = split_tensors(dict(hook.state_dict()), f"hook.{name}.")
-        tensors.update(cpu_tensors(t, ""))
-        hook_meta[name] = other
-    meta = {
-        "format_version": CHECKPOINT_VERSION,
-        "model": model.name,
-        "num_items": num_items,
-        "model_config": model.config.as_dict(),
-        "train_config": config.as_dict(),
-        "run": dataclasses.asdict(run),
-        "optimizer": opt_meta,
-        "rng": rng_state(),
-        "hooks": hook_meta,
-        **(extra or {}),
-    }
-    text = json.dumps(meta)
-    # the epoch in the tensor file's metadata pairs it with its JSON
-    atomic_write(
-        directory / "last.safetensors",
-        lambda tmp: save_file(tensors, tmp, metadata={"epoch": str(run.epoch)}),
-    )
-    atomic_write(directory / "last.json", lambda tmp: Path(tmp).write_text(text))
-
-
-def _read_run_checkpoint(directory: Path) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
-    tensor_file, json_file = directory / "last.safetensors", directory / "last.json"
-    if not tensor_file.exists() and not json_file.exists():
-        return None
-    if not tensor_file.is_file() or not json_file.is_file():
-        raise CheckpointError(f"{directory}: last.safetensors and last.json must both exist")
-    meta = json.loads(json_file.read_text())
-    with safe_open(str(tensor_file), framework="pt") as f:
-        stored_epoch = (f.metadata() or {}).get("epoch")
-    if stored_epoch != str(meta["run"]["epoch"]):
-        raise CheckpointError(
-            f"{directory}: tensors (epoch {stored_epoch}) and JSON (epoch {meta['run']['epoch']}) disagree"
-        )
-    return load_file(tensor_file), meta
-
-
-def _check_resumable(meta: dict[str, Any], config: TrainConfig, num_items: int) -> None:
-    if meta.get("format_version") != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"unsupported checkpoint format_version {meta.get('format_version')!r}"
-        )
-    if int(meta["num_items"]) != num_items:
-        raise CheckpointError(f"checkpoint has num_items {meta['num_items']}, this run {num_items}")
-    saved = meta["train_config"]
-    current = config.as_dict()
-    for key in _RESUME_KEYS:
-        if saved.get(key) != current.get(key):
-            raise CheckpointError(
-                f"checkpoint was trained with {key}={saved.get(key)!r}, this run has {current.get(key)!r}"
-            )
 
 
 def train_model(
@@ -256,104 +154,6 @@ def train_model(
         )
     finally:
         torch.set_num_threads(previous_threads)
-
-
-def _train_distributed(
-    train: TrainRows,
-    valid: EvalRows,
-    test: EvalRows,
-    num_items: int,
-    config: TrainConfig,
-    progress: Progress,
-    checkpoint_dir: Path | None,
-    resume: bool,
-    model_hook: ModelHook | None,
-    loss_fn: LossFn | None,
-    step_hook: StepHook | None,
-    model_ctx: dict[str, Any] | None,
-    device: torch.device,
-) -> TrainResult:
-    """``config.world_size`` data-parallel ranks (models/distributed.py); rank 0
-    validates, checkpoints and tests, and its best weights come back here."""
-    from models.distributed import from_numpy_state, launch
-
-    if loss_fn is not None or step_hook is not None or model_hook is not None:
-        # DR4SR+ (the personalizer's loss, meta-step and attach hooks) runs in one process
-        raise TrainingError(
-            "world_size > 1 trains plain target models; DR4SR+ hooks need world_size=1"
-        )
-    try:
-        out = launch(
-            _train_rank,
-            config.world_size,
-            (train, valid, test, num_items, config, checkpoint_dir, resume, model_ctx),
-            progress,
-            device,
-            config.num_threads,
-        )
-    except ValueError as exc:  # world_size larger than the visible GPUs
-        raise TrainingError(str(exc)) from exc
-    ctx = {"train": train} if model_ctx is None else dict(model_ctx)
-    model = build_model(config.model, num_items, config.model_config_overrides(), **ctx)
-    model.load_state_dict(from_numpy_state(out.pop("state")), strict=True)
-    return TrainResult(model=model.to(device).eval(), **out)
-
-
-def _train_rank(
-    dist_ctx: Any,
-    progress: Progress,
-    train: TrainRows,
-    valid: EvalRows,
-    test: EvalRows,
-    num_items: int,
-    config: TrainConfig,
-    checkpoint_dir: Path | None,
-    resume: bool,
-    model_ctx: dict[str, Any] | None,
-) -> dict[str, Any] | None:
-    """One rank of :func:`_train_distributed` (runs in a spawned process)."""
-    from models.distributed import to_numpy_state
-
-    result = _train(
-        train, valid, test, num_items, config, progress, checkpoint_dir, resume,
-        None, None, None, model_ctx, dist_ctx.device, dist_ctx,
-    )
-    if result is None:
-        return None
-    out = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name != "model"}
-    out["state"] = to_numpy_state(result.model.state_dict())
-    return out
-
-
-class _ShardLoss(torch.nn.Module):
-    """DDP's view of a model: the forward is the training loss of one rank's
-    shard, scaled so that DDP's gradient average is the global batch's mean."""
-
-    def __init__(self, model: SequentialRecommender) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch: Batch | None, loss: str, token_scale: float, row_scale: float) -> Tensor:
-        from models.distributed import zero_loss
-
-        if batch is None:
-            return zero_loss(self.model)
-        pl = self.model.position_losses(batch, loss)
-        out = pl.loss.sum() * token_scale
-        aux = self.model.auxiliary_loss(batch)  # a mean over the shard's rows
-        return out if aux is None else out + aux * row_scale
-
-
-def _shard_loss(net: torch.nn.Module, batch: Batch | None, loss: str, dist_ctx: Any) -> tuple[Tensor, float]:
-    """(this rank's loss to back-propagate, the global batch's loss)."""
-    world = dist_ctx.world_size
-    tokens = float(batch.valid.sum()) if batch is not None else 0.0
-    rows = float(len(batch)) if batch is not None else 0.0
-    total_tokens, total_rows = (float(x) for x in dist_ctx.all_sum([tokens, rows]))
-    out = net(batch, loss, world / max(total_tokens, 1.0), world * rows / max(total_rows, 1.0))
-    value = float(dist_ctx.all_sum([float(out.detach())])[0]) / world
-    return out, value
-
 
 def _valid_rows(valid: EvalRows, config: TrainConfig) -> EvalRows:
     """The validation users of every epoch: all, or a fixed seeded sample."""
