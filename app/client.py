@@ -243,6 +243,10 @@ class Job(_Resource):
     def done(self) -> bool:
         return self.state in FINISHED
 
+    def children(self) -> list[Job]:
+        """A compare job's train jobs (one per model x variant x seed)."""
+        return list(self.client.iter_jobs(parent_job_id=self.id))
+
     def cancel(self) -> Job:
         self.data = self.client._json("POST", f"/jobs/{self.id}/cancel")
         return self
@@ -475,10 +479,14 @@ class Client:
 
     def compare(self, dataset: Dataset | str, *, models: list[str] | tuple[str, ...] = ("sasrec",),
                 variants: list[str] | tuple[str, ...] = ("original", "dr4sr", "dr4sr+"),
+                seeds: list[int] | tuple[int, ...] | None = None,
                 regeneration: Job | str | None = None, **parameters: Any) -> Job:
-        """``POST /jobs/compare``: every model on every data variant."""
+        """``POST /jobs/compare``: every model on every data variant, once per
+        seed, as one train job each (``job.children()``)."""
         body: dict[str, Any] = {"dataset_id": _id(dataset), "models": list(models),
                                 "variants": list(variants), "parameters": parameters}
+        if seeds is not None:
+            body["seeds"] = list(seeds)
         if regeneration is not None:
             body["regeneration_job_id"] = _id(regeneration)
         return self._submit("/jobs/compare", body)
@@ -487,7 +495,7 @@ class Client:
         return Job(self, self._json("GET", f"/jobs/{job_id}"))
 
     def jobs(self, **filters: Any) -> list[Job]:
-        """``GET /jobs`` (filters: state, kind, dataset_id, limit, offset)."""
+        """``GET /jobs`` (filters: state, kind, dataset_id, parent_job_id, limit, offset)."""
         body = self._json("GET", "/jobs", params={k: v for k, v in filters.items() if v is not None})
         return [Job(self, item) for item in body["items"]]
 

@@ -12,12 +12,20 @@ from sqlalchemy.orm import Session
 
 from app.auth import Caller
 from app.core.datasets import mark_invalid
-from app.core.jobstate import TASK_NAMES, overall_fraction, queue_for, stage_fraction
+from app.core.families import CHILD_STAGE, cancel_children
+from app.core.jobstate import (
+    TASK_NAMES,
+    overall_fraction,
+    queue_for,
+    record_event,
+    stage_fraction,
+)
 from app.core.orm import ACTIVE_STATES, Artifact, Dataset, Job, Principal, utcnow
 from app.core.settings import Settings
 from app.core.storage import ArtifactStore
 from app.errors import Conflict, NotFound, TooLarge, TooManyRequests, Unavailable
 from app.schemas import JobOut, JobProgress, StageProgress
+from models.progress import ProgressEvent
 
 # Artifact kind -> link name in JobOut.links (and the route serving it).
 RESULT_LINKS = {
@@ -166,7 +174,12 @@ def check_active_jobs(session: Session, settings: Settings, owner_id: int) -> No
     limit = settings.max_active_jobs_per_principal
     active = count_jobs(
         session,
-        [Job.owner_id == owner_id, Job.kind.in_(LIMITED_KINDS), Job.state.in_(ACTIVE_STATES)],
+        [
+            Job.owner_id == owner_id,
+            Job.kind.in_(LIMITED_KINDS),
+            Job.state.in_(ACTIVE_STATES),
+            Job.parent_job_id.is_(None),  # a compare's train jobs count as the compare
+        ],
     )
     if active >= limit:
         raise TooManyRequests(
@@ -215,14 +228,114 @@ def submit(
     return job
 
 
+def submit_compare(
+    session: Session,
+    celery: Celery,
+    settings: Settings,
+    *,
+    owner_id: int,
+    dataset_id: str,
+    models: list[str],
+    variants: list[str],
+    seeds: list[int],
+    config: dict[str, Any],
+    device: str = "cpu",
+    source_job_id: str | None = None,
+) -> Job:
+    """A compare job and its train jobs, one per model x variant x seed, in
+    one transaction; the train jobs are enqueued, the parent waits for them
+    (see :mod:`app.core.families`)."""
+    queue = queue_for(device, settings.auto_device_queue)
+    check_active_jobs(session, settings, owner_id)
+    now = utcnow()
+    parent = Job(
+        id=str(uuid.uuid4()),
+        owner_id=owner_id,
+        dataset_id=dataset_id,
+        kind="compare",
+        state="running",  # waiting for its children, without a lease
+        queue=queue,
+        parameters={},
+        progress={},
+        max_attempts=settings.max_attempts,
+        source_job_id=source_job_id,
+        started_at=now,
+    )
+    kids: list[Job] = []
+    plan: list[dict[str, Any]] = []
+    for model in models:
+        for seed in seeds:
+            for variant in variants:
+                params = {
+                    "data": "original" if variant == "original" else "regenerated",
+                    "model": model,
+                    "personalize": variant == "dr4sr+",
+                    "variant": variant,
+                    "seed": seed,
+                    "config": {**config, "seed": seed},
+                }
+                kid = Job(
+                    id=str(uuid.uuid4()),
+                    owner_id=owner_id,
+                    dataset_id=dataset_id,
+                    parent_job_id=parent.id,
+                    kind="train",
+                    state="queued",
+                    queue=queue,
+                    parameters=params,
+                    progress={},
+                    max_attempts=settings.max_attempts,
+                    source_job_id=None if variant == "original" else source_job_id,
+                )
+                kids.append(kid)
+                plan.append({"job_id": kid.id, "model": model, "variant": variant, "seed": seed})
+    parent.parameters = {
+        "models": models,
+        "variants": variants,
+        "seeds": seeds,
+        "config": config,
+        "children": plan,
+    }
+    parent.progress = record_event(
+        {},
+        ProgressEvent(CHILD_STAGE, 0, len(kids), message=f"0 of {len(kids)} train jobs finished"),
+    )
+    parent.stage = CHILD_STAGE
+    session.add(parent)
+    session.flush()  # the parent's row first: the children reference it
+    session.add_all(kids)
+    session.commit()
+    try:
+        for kid in kids:
+            celery.send_task(TASK_NAMES["train"], args=[kid.id], queue=queue)
+    except Exception as exc:
+        # queued children whose message was lost are re-sent by the workers'
+        # scan; with no broker at all, fail the whole family now
+        for job in (parent, *kids):
+            if job.state in ACTIVE_STATES:
+                job.state, job.finished_at = "failed", utcnow()
+                job.error = {
+                    "type": "BrokerUnavailable",
+                    "message": f"could not enqueue the job: {exc}",
+                }
+        session.commit()
+        raise Unavailable(f"the job queue is unavailable: {exc}") from exc
+    return parent
+
+
 def request_cancel(session: Session, store: ArtifactStore, job: Job) -> Job:
     """Queued jobs are cancelled at once; running ones are flagged and stop
-    at their next progress step (the worker records 'cancelled')."""
+    at their next progress step (the worker records 'cancelled'). A compare
+    job cancels its train jobs too; while it only waits for them (no worker
+    holds it) it is cancelled at once."""
     if job.state in ("succeeded", "failed", "cancelled"):
         raise Conflict(f"job {job.id} already {job.state}")
     now = utcnow()
     job.cancel_requested = True
-    if job.state == "queued":
+    if job.kind == "compare":
+        cancel_children(session, job.id)
+    waiting = job.kind == "compare" and job.lease_owner is None
+    if job.state == "queued" or waiting:
         job.state, job.finished_at = "cancelled", now
         if job.kind == "validate":
             mark_invalid(session, store, job.dataset_id, "validation was cancelled")
@@ -259,6 +372,10 @@ def render(job: Job, artifact_kinds: set[str]) -> JobOut:
     links = {"self": f"/jobs/{job.id}", "dataset": f"/datasets/{job.dataset_id}"}
     if job.state in ACTIVE_STATES:
         links["cancel"] = f"/jobs/{job.id}/cancel"
+    if job.kind == "compare":
+        links["children"] = f"/jobs?parent_job_id={job.id}"
+    if job.parent_job_id is not None:
+        links["parent"] = f"/jobs/{job.parent_job_id}"
     if job.state == "succeeded":
         for kind, (name, template) in RESULT_LINKS.items():
             if kind in artifact_kinds:
@@ -273,6 +390,7 @@ def render(job: Job, artifact_kinds: set[str]) -> JobOut:
         state=job.state,
         dataset_id=job.dataset_id,  # type: ignore[arg-type]
         regeneration_job_id=job.source_job_id,
+        parent_job_id=job.parent_job_id,
         queue=job.queue,  # type: ignore[arg-type]
         parameters=job.parameters or {},
         progress=JobProgress(

@@ -119,6 +119,7 @@ def jobs(
     kind: str | None,
     dataset_id: str | None,
     limit: int,
+    parent_job_id: str | None = None,
     offset: int,
 ) -> tuple[list[Row], dict[str, set[str]], int]:
     where = [JOBS.c.owner_id == owner]
@@ -128,6 +129,8 @@ def jobs(
         where.append(JOBS.c.kind == kind)
     if dataset_id:
         where.append(JOBS.c.dataset_id == dataset_id)
+    if parent_job_id:
+        where.append(JOBS.c.parent_job_id == parent_job_id)
     page = (
         select(JOBS, func.count().over().label("total_count"))
         .where(*where)

@@ -80,7 +80,9 @@ def _nested_error(loc: tuple[str, ...], exc: ValidationError, title: str) -> Val
         [
             InitErrorDetails(
                 type=PydanticCustomError(e["type"], error_message(e)),
-                loc=(*loc, *e["loc"]) if e["loc"] and e["loc"][0] not in ("model", "personalize") else tuple(e["loc"]),
+                loc=(*loc, *e["loc"])
+                if e["loc"] and e["loc"][0] not in ("model", "personalize")
+                else tuple(e["loc"]),
                 input=e.get("input"),
             )
             for e in exc.errors()
@@ -90,11 +92,19 @@ def _nested_error(loc: tuple[str, ...], exc: ValidationError, title: str) -> Val
 
 def _invalid(loc: tuple[str, ...], message: str, value: Any, title: str) -> ValidationError:
     return ValidationError.from_exception_data(
-        title, [InitErrorDetails(type=PydanticCustomError("invalid_combination", message), loc=loc, input=value)]
+        title,
+        [
+            InitErrorDetails(
+                type=PydanticCustomError("invalid_combination", message), loc=loc, input=value
+            )
+        ],
     )
 
 
-DATASET_ID = Field(description="The dataset's id (from POST /datasets).", examples=["6f1c8a52-2b1e-4c55-9d2a-0c5b8d0c1e7a"])
+DATASET_ID = Field(
+    description="The dataset's id (from POST /datasets).",
+    examples=["6f1c8a52-2b1e-4c55-9d2a-0c5b8d0c1e7a"],
+)
 
 
 class RegenerateRequest(BaseModel):
@@ -125,8 +135,12 @@ def _no_request_fields(data: Any) -> Any:
     if isinstance(data, dict) and isinstance(data.get("parameters"), dict):
         for name in ("model", "personalize"):
             if name in data["parameters"]:
-                raise _invalid(("parameters", name), f"set it as the request's own '{name}' field",
-                               data["parameters"][name], "request")
+                raise _invalid(
+                    ("parameters", name),
+                    f"set it as the request's own '{name}' field",
+                    data["parameters"][name],
+                    "request",
+                )
     return data
 
 
@@ -157,7 +171,8 @@ class TrainRequest(BaseModel):
         False, description="DR4SR+: learn per-row weights (the personalizer)."
     )
     parameters: TrainParameters = Field(  # type: ignore[valid-type]
-        TrainParameters(), description="Training settings (TrainJobConfig fields); every field is optional."
+        TrainParameters(),
+        description="Training settings (TrainJobConfig fields); every field is optional.",
     )
 
     _request_fields = model_validator(mode="before")(_no_request_fields)
@@ -175,7 +190,8 @@ class TrainRequest(BaseModel):
                     f"DR4SR+ on data='original' re-weights nothing: weight_sources {sorted(weighted)} "
                     "has no 'original' (the 'fixed' profile re-weights only regenerated rows); "
                     "train on data='regenerated' or add 'original'",
-                    sorted(weighted), type(self).__name__,
+                    sorted(weighted),
+                    type(self).__name__,
                 )
         return self
 
@@ -231,15 +247,23 @@ class CompareRequest(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> CompareRequest:
         if self.seeds is not None and "seed" in self.parameters.model_fields_set:
-            raise _invalid(("parameters", "seed"), "set the seeds field instead", self.parameters.seed,
-                           type(self).__name__)
+            raise _invalid(
+                ("parameters", "seed"),
+                "set the seeds field instead",
+                self.parameters.seed,
+                type(self).__name__,
+            )
         try:
-            CompareConfig(models=self.models, variants=self.variants, seeds=self.seeds or [self.config().seed])
+            CompareConfig(
+                models=self.models, variants=self.variants, seeds=self.seeds or [self.config().seed]
+            )
         except ValidationError as exc:
             raise _nested_error((), exc, type(self).__name__) from None
         for model in self.models:
             try:
-                train_job_config(self.parameters, model=model, personalize="dr4sr+" in self.variants)
+                train_job_config(
+                    self.parameters, model=model, personalize="dr4sr+" in self.variants
+                )
             except ValidationError as exc:
                 raise _nested_error(("parameters",), exc, type(self).__name__) from None
         return self
@@ -269,6 +293,9 @@ class JobOut(BaseModel):
     state: JobState
     dataset_id: str
     regeneration_job_id: str | None
+    parent_job_id: str | None = Field(
+        None, description="The compare job this train job belongs to (null: a job of its own)."
+    )
     queue: Literal["cpu", "gpu"]
     parameters: dict[str, Any]
     progress: JobProgress
@@ -282,7 +309,8 @@ class JobOut(BaseModel):
     finished_at: datetime | None
     updated_at: datetime
     links: dict[str, str] = Field(
-        description="self, cancel, and once succeeded the result downloads for this kind."
+        description="self, cancel, parent (a compare's train job), children (a compare's "
+        "train jobs) and, once succeeded, the result downloads for this kind."
     )
 
 

@@ -394,18 +394,17 @@ def compare(
     models, variants, seeds = chosen.models, chosen.variants, chosen.seeds
     if any(v != "original" for v in variants) and regenerated_rows is None:
         raise ValueError("variants: 'dr4sr' and 'dr4sr+' need a regenerated dataset")
-    from models.evaluation import paired_significance
+    from models.comparison import PAIRED_METRIC, compare_report, run_entry
 
     out_dir = Path(out_dir)
     split = dataset.split(config.max_len)
     runs: list[dict[str, Any]] = []
-    per_user: dict[tuple[str, str], list[np.ndarray]] = {}
+    per_user: dict[tuple[str, str, int], np.ndarray] = {}
     total = len(models) * len(variants) * len(seeds)
     weights: dict[str, Any] = {}
     step = 0
     for model in models:
         for seed in seeds:
-            baseline = None
             for variant in variants:
                 label = f"{model}/{variant}" + (f"/seed {seed}" if len(seeds) > 1 else "")
                 progress(ProgressEvent(stage="compare", done=step, total=total, message=label))
@@ -413,38 +412,19 @@ def compare(
                 cfg = config.replace(model=model, personalize=variant == "dr4sr+", seed=seed)
                 rows = split.train if variant == "original" else regenerated_rows
                 result = _run(dataset, split, rows, cfg, _renamed(progress, f"train {label}"))
-                run = {
-                    "model": model,
-                    "variant": variant,
-                    "seed": seed,
-                    "test": result.test_metrics,
-                    "valid": result.valid_metrics,
-                    "best_epoch": result.best_epoch + 1,
-                    "seconds": round(result.seconds, 2),
-                    "history": result.history,
-                }
-                ndcg = np.asarray(result.test_per_user["ndcg@20"])
-                per_user.setdefault((model, variant), []).append(ndcg)
-                if variant == "original":
-                    baseline = ndcg
-                elif baseline is not None:
-                    run["significance"] = paired_significance(ndcg, baseline)
+                runs.append(run_entry(model, variant, seed, {
+                    "test": result.test_metrics, "valid": result.valid_metrics,
+                    "best_epoch": result.best_epoch + 1, "seconds": round(result.seconds, 2),
+                    "history": result.history}))
+                per_user[(model, variant, seed)] = np.asarray(result.test_per_user[PAIRED_METRIC])
                 if variant == "dr4sr+":
                     weights = result.weights
-                runs.append(run)
     progress(ProgressEvent(stage="compare", done=total, total=total))
-    report = {
-        "kind": "compare",
-        "title": f"Original vs DR4SR vs DR4SR+ on {dataset.name}",
-        "dataset": {"name": dataset.name, **dataset.stats},
-        "protocol": {**_protocol(config, split), "seeds": seeds},
-        "parameters": config.as_dict(),
-        "seeds": seeds,
-        "runs": runs,
-        "summary": _summary(runs, per_user, models, variants, paired_significance),
-        "weights": weights,
-        **_composition_report(regenerated_rows, split),
-    }
+    report = compare_report(
+        dataset_name=dataset.name, dataset_stats=dataset.stats, protocol=_protocol(config, split),
+        parameters=config.as_dict(), models=models, variants=variants, seeds=seeds, runs=runs,
+        per_user=per_user, weights=weights, extra=_composition_report(regenerated_rows, split),
+    )
     tmp = _atomic_dir(out_dir)
     try:
         write_report(tmp, report)
@@ -454,26 +434,3 @@ def compare(
         raise
     return TrainOutcome(report=report, out_dir=out_dir)
 
-
-def _summary(runs, per_user, models, variants, paired_significance) -> list[dict[str, Any]]:
-    """Mean and sd over seeds of each model x variant's test metrics; paired
-    tests of its per-user NDCG@20 (averaged over seeds) against the original's."""
-    out = []
-    for model in models:
-        for variant in variants:
-            mine = [r for r in runs if r["model"] == model and r["variant"] == variant]
-            metrics = sorted(mine[0]["test"]) if mine else []
-            row: dict[str, Any] = {
-                "model": model,
-                "variant": variant,
-                "seeds": len(mine),
-                "test_mean": {m: float(np.mean([r["test"][m] for r in mine])) for m in metrics},
-                "test_sd": {m: float(np.std([r["test"][m] for r in mine], ddof=1)) if len(mine) > 1 else 0.0
-                            for m in metrics},
-            }
-            if variant != "original" and (model, "original") in per_user:
-                ours = np.mean(per_user[(model, variant)], axis=0)
-                base = np.mean(per_user[(model, "original")], axis=0)
-                row["significance"] = paired_significance(ours, base)
-            out.append(row)
-    return out

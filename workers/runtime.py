@@ -110,6 +110,7 @@ class ClaimedJob:
     parameters: dict[str, Any]
     attempt: int
     max_attempts: int
+    parent_job_id: str | None = None
 
 
 def error_document(exc: BaseException, stage: str | None, attempt: int) -> dict[str, Any]:
@@ -221,6 +222,7 @@ class JobRun:
                 dict(row.parameters or {}),
                 attempts,
                 max_attempts,
+                row.parent_job_id,
             )
         return self.job
 

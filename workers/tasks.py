@@ -35,6 +35,13 @@ from app.core.datasets import (
     summarize,
 )
 from app.core.db import session_scope
+from app.core.families import (
+    child_label,
+    children,
+    note_child_finished,
+    pending_children,
+    ready_parents,
+)
 from app.core.jobstate import TASK_NAMES
 from app.core.orm import Dataset
 from app.core.storage import StorageError, StoredObject, storage_full
@@ -194,24 +201,65 @@ def _train(run: JobRun, job: ClaimedJob, scratch: Path) -> Outcome:
     return Outcome({**outcome.report, "resumed_from_epoch": resumed}, scratch / "output")
 
 
-def _compare(run: JobRun, job: ClaimedJob, scratch: Path) -> Outcome:
-    from models.pipeline import compare
+class ChildJobsFailed(Exception):
+    """A compare job's train job ended without a result."""
 
-    p = job.parameters
-    config = _train_config(job, model=p["models"][0])  # compare sets each run's model
-    rows = _regeneration_rows(run, job) if job.source_job_id is not None else None
-    with loaded_dataset(run.ctx.store, job.dataset_id) as dataset:
-        outcome = compare(
-            dataset,
-            rows,
-            list(p["models"]),
-            list(p["variants"]),
-            config,
-            scratch / "output",
-            run.progress,
-            seeds=p.get("seeds"),
+
+def _compare(run: JobRun, job: ClaimedJob, scratch: Path) -> Outcome:
+    """Aggregate the compare job's finished train jobs (its children, see
+    :mod:`app.core.families`) into one report."""
+    import numpy as np
+
+    from models.comparison import PAIRED_METRIC, compare_report, run_entry
+    from models.reports import write_report
+
+    with session_scope(run.ctx.sessions) as session:
+        kids = [(k.id, k.state, dict(k.parameters), k.error) for k in children(session, job.id)]
+    if not kids:
+        raise LookupError(f"compare job {job.id} has no train jobs")
+    bad = [(i, state, p, err) for i, state, p, err in kids if state != "succeeded"]
+    if bad:
+        what = "; ".join(
+            f"{i} ({child_label(p)}) {state}"
+            + (f": {(err or {}).get('message')}" if state == "failed" else "")
+            for i, state, p, err in bad
         )
-    return Outcome(dict(outcome.report), scratch / "output")
+        raise ChildJobsFailed(f"{len(bad)} of {len(kids)} train jobs did not succeed: {what}")
+    runs: list[dict[str, Any]] = []
+    per_user: dict[tuple[str, str, int], Any] = {}
+    reports: dict[str, dict[str, Any]] = {}
+    for n, (child_id, _, p, _) in enumerate(kids):
+        run.progress(ProgressEvent("aggregate", n, len(kids), message=child_label(p)))
+        prefix = f"jobs/{child_id}/output"
+        with run.ctx.store.local_file(f"{prefix}/report.json") as path:
+            report = json.loads(Path(path).read_text())
+        with run.ctx.store.local_file(f"{prefix}/per_user.npz") as path, np.load(path) as scores:
+            per_user[(p["model"], p["variant"], int(p["seed"]))] = np.asarray(scores[PAIRED_METRIC])
+        runs.append(
+            {**run_entry(p["model"], p["variant"], int(p["seed"]), report), "job_id": child_id}
+        )
+        reports.setdefault(p["variant"], report)
+    first = next(iter(reports.values()))
+    dataset = {k: v for k, v in first["dataset"].items() if k not in ("name", "training_rows")}
+    regenerated = reports.get("dr4sr") or reports.get("dr4sr+") or {}
+    p = job.parameters
+    protocol = {k: v for k, v in first["protocol"].items() if k != "seed"}
+    report = compare_report(
+        dataset_name=first["dataset"]["name"],
+        dataset_stats=dataset,
+        protocol=protocol,
+        parameters={k: v for k, v in first["parameters"].items() if k not in ("seed", "model")},
+        models=p["models"],
+        variants=p["variants"],
+        seeds=p["seeds"],
+        runs=runs,
+        per_user=per_user,
+        weights=reports.get("dr4sr+", {}).get("weights"),
+        extra={k: regenerated[k] for k in ("composition", "warnings") if k in regenerated},
+    )
+    run.progress(ProgressEvent("aggregate", len(kids), len(kids)))
+    write_report(scratch / "output", report)
+    return Outcome(report, scratch / "output")
 
 
 HANDLERS: dict[str, Callable[[JobRun, ClaimedJob, Path], Outcome]] = {
@@ -243,6 +291,23 @@ def execute(task: Task, job_id: str) -> str:
             _quietly(drop_checkpoint, ctx.store, job.id)
 
     try:
+        return _run_delivery(task, run, job, scratch, ends_here, on_stop)
+    finally:
+        shutil.rmtree(scratch.parent, ignore_errors=True)
+        if job.parent_job_id is not None:
+            _quietly(_child_ended, job.parent_job_id)
+
+
+def _run_delivery(
+    task: Task,
+    run: JobRun,
+    job: ClaimedJob,
+    scratch: Path,
+    ends_here: Callable[[], None],
+    on_stop: Callable[[Session, str], None] | None,
+) -> str:
+    ctx = run.ctx
+    try:
         outcome = HANDLERS[job.kind](run, job, scratch)
         stored: list[tuple[str, StoredObject]] = []
         if outcome.output_dir is not None:
@@ -267,7 +332,7 @@ def execute(task: Task, job_id: str) -> str:
             log.warning("job %s: transient error, retrying: %s", job.id, exc)
             run.requeue(exc)
             raise task.retry(exc=exc, countdown=ctx.settings.retry_backoff_s * job.attempt) from exc
-        if isinstance(exc, JobTimeLimit | SoftTimeLimitExceeded | DataError):
+        if isinstance(exc, JobTimeLimit | SoftTimeLimitExceeded | DataError | ChildJobsFailed):
             log.info("job %s failed: %s", job.id, exc)  # the user's data or limits, not a bug
         elif storage_full(exc):
             log.error("job %s failed: the artifact store is full: %s", job.id, exc)
@@ -276,8 +341,17 @@ def execute(task: Task, job_id: str) -> str:
         ends_here()
         run.fail(exc, on_stop)
         return "failed"
-    finally:
-        shutil.rmtree(scratch.parent, ignore_errors=True)
+
+
+def _child_ended(parent_id: str) -> None:
+    """A compare's train job ended (or went back to the queue): count it on
+    the parent, and enqueue the parent once none is left to wait for."""
+    ctx = get_context()
+    with session_scope(ctx.sessions) as session:
+        queue = note_child_finished(session, parent_id)
+    if queue is not None:
+        celery_app.send_task(TASK_NAMES["compare"], args=[parent_id], queue=queue)
+        log.info("job %s: its train jobs have finished; aggregating", parent_id)
 
 
 def _quietly(fn: Callable[..., Any], *args: Any) -> None:
@@ -309,6 +383,11 @@ def train_task(self: Task, job_id: str) -> str:
 
 @celery_app.task(name=TASK_NAMES["compare"], **_TASK_OPTIONS)
 def compare_task(self: Task, job_id: str) -> str:
+    with session_scope(get_context().sessions) as session:
+        waiting = pending_children(session, job_id)
+    if waiting:  # an early message (a re-send): the last child to finish sends another
+        log.info("job %s: %d train jobs still to finish", job_id, waiting)
+        return "waiting"
     return execute(self, job_id)
 
 
@@ -355,13 +434,17 @@ def recover_stale_jobs(check_broker: bool = True) -> int:
             session, 0.0 if restarted else ctx.settings.requeue_queued_after_s
         )
         stale = requeue_stale_jobs(session)
+        parents = ready_parents(session)
     for job_id, kind, queue in stale:
         celery_app.send_task(TASK_NAMES[kind], args=[job_id], queue=queue)
         log.warning("job %s: its worker was lost; re-enqueued", job_id)
     for job_id, kind, queue in waiting:
         celery_app.send_task(TASK_NAMES[kind], args=[job_id], queue=queue)
         log.warning("job %s: still queued, message re-sent", job_id)
-    return len(stale) + len(waiting)
+    for job_id, queue in parents:  # the worker that finished the last child died first
+        celery_app.send_task(TASK_NAMES["compare"], args=[job_id], queue=queue)
+        log.warning("job %s: its train jobs have finished; aggregation (re-)sent", job_id)
+    return len(stale) + len(waiting) + len(parents)
 
 
 def _recovery_loop(stop: threading.Event, interval: float) -> None:

@@ -35,7 +35,9 @@ STAGE_PLANS: dict[str, tuple[tuple[str, float], ...]] = {
     ),
     # training reports "train" per batch and "valid" per epoch: epochs drive the bar
     "train": (("valid", 0.95), ("test", 0.05)),
-    "compare": (("compare", 1.0),),
+    # a compare job waits for its train jobs ("children", one per model x
+    # variant x seed), then aggregates their reports
+    "compare": (("children", 0.95), ("aggregate", 0.05)),
 }
 
 

@@ -156,6 +156,11 @@ class Job(Base):
     source_job_id: Mapped[str | None] = mapped_column(
         ForeignKey("jobs.id", ondelete="SET NULL"), index=True
     )
+    # The compare job a train job belongs to (None: a job of its own). A
+    # parent waits, without a lease, until every child has finished.
+    parent_job_id: Mapped[str | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), index=True
+    )
     kind: Mapped[str] = mapped_column(String(16))
     state: Mapped[str] = mapped_column(String(16), default="queued")
     queue: Mapped[str] = mapped_column(String(8))

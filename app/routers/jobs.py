@@ -24,6 +24,9 @@ from app.jobs import (
     request_cancel,
     submit,
 )
+from app.jobs import (
+    submit_compare as create_compare,
+)
 from app.schemas import (
     CompareRequest,
     JobKind,
@@ -119,8 +122,15 @@ def submit_train(
     status_code=202,
     response_model=JobOut,
     responses=_SUBMIT_RESPONSES,
-    summary="Compare models x data variants",
-    description="Trains every model on every variant and reports them side by side.",
+    summary="Compare models x data variants x seeds, as child train jobs",
+    description="Creates one compare job and one ordinary train job per model x variant x "
+    "seed (listed in the compare's `parameters.children` and at `GET "
+    "/jobs?parent_job_id=<id>`). The train jobs run in parallel on the free workers, each "
+    "resumable from its own checkpoints; the compare job waits for them (`running`, its "
+    "progress counting finished children), then aggregates their reports: mean ± sd over "
+    "seeds and paired significance tests against the original data. If a train job fails or "
+    "is cancelled, the compare fails and names it. Cancelling the compare cancels its train "
+    "jobs. A compare counts as one job towards the per-principal limit.",
 )
 def submit_compare(
     body: CompareRequest, session: SessionDep, principal: PrincipalDep, services: ServicesDep
@@ -129,20 +139,16 @@ def submit_compare(
     source = None
     if any(v != "original" for v in body.variants):
         source = regeneration_for(session, principal, ds, body.regeneration_job_id).id
-    parameters = {
-        "models": body.models,
-        "variants": body.variants,
-        "seeds": body.seeds,
-        "config": body.parameters.model_dump(mode="json", exclude_unset=True),
-    }
-    job = submit(
+    job = create_compare(
         session,
         services.celery,
         services.settings,
         owner_id=principal.id,
         dataset_id=ds.id,
-        kind="compare",
-        parameters=parameters,
+        models=list(body.models),
+        variants=list(body.variants),
+        seeds=list(body.seeds or [body.config().seed]),
+        config=body.parameters.model_dump(mode="json", exclude_unset=True),
         device=body.parameters.device,
         source_job_id=source,
     )
@@ -156,10 +162,14 @@ async def list_jobs(
     state: Annotated[JobState | None, Query()] = None,
     kind: Annotated[JobKind | None, Query()] = None,
     dataset_id: Annotated[str | None, Query()] = None,
+    parent_job_id: Annotated[
+        str | None, Query(description="Only the train jobs of this compare job.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> Response:
-    if dataset_id and not is_id(dataset_id):  # names no dataset: nothing to list
+    if (dataset_id and not is_id(dataset_id)) or (parent_job_id and not is_id(parent_job_id)):
+        # names no dataset or job: nothing to list
         return as_response(JobList(items=[], total=0))
 
     def load():
@@ -169,6 +179,7 @@ async def list_jobs(
             state=state,
             kind=kind,
             dataset_id=dataset_id,
+            parent_job_id=parent_job_id,
             limit=limit,
             offset=offset,
         )

@@ -203,3 +203,52 @@ def test_killed_regeneration_is_redelivered_and_finishes(service: Service, datas
         assert rows > 0 and len(r.text.splitlines()) == rows, (rows, r.text[:200])
     assert f"job {job_id} (regenerate): attempt 1 started" in victim.log.read_text()
     assert f"job {job_id} (regenerate): attempt 2 started" in survivor.log.read_text()
+
+
+def test_a_compare_redoes_only_the_train_job_whose_worker_died(
+    service: Service, dataset: str
+) -> None:
+    """A compare's train jobs are separate jobs: killing the worker of one
+    of them redoes that one (from its checkpoint) and nothing else, and the
+    compare still aggregates all of them."""
+    _two_workers(service)
+    epochs = 60
+    train = {**TRAIN, "epochs": epochs, "patience": epochs}
+    del train["seed"]  # the seeds field sets each train job's
+    body = {"dataset_id": dataset, "models": ["sasrec"], "variants": ["original"],
+            "seeds": [1, 2, 3], "parameters": train}
+    with service.client() as c:
+        r = c.post("/jobs/compare", json=body)
+        assert r.status_code == 202, r.text
+        parent_id = r.json()["id"]
+        ids = [k["job_id"] for k in r.json()["parameters"]["children"]]
+        resume = {i: service.store_dir / "jobs" / i / "resume" / "last.json" for i in ids}
+
+        def a_child_saved_3_epochs(job: dict) -> bool:
+            assert job["state"] == "running", job  # the parent waits for its children
+            return any((_saved_epoch(path) or 0) >= 3 for path in resume.values())
+
+        wait_for(c, parent_id, a_child_saved_3_epochs, timeout=90, what="a child at epoch 3")
+        victim_id = next(i for i in ids if (_saved_epoch(resume[i]) or 0) >= 3)
+        victim = _running(service, victim_id)
+        service.kill(victim)
+        saved = _saved_epoch(resume[victim_id])
+        assert saved is not None and saved < epochs
+
+        parent = wait_for(c, parent_id, finished, timeout=240, what="compare finished")
+        assert parent["state"] == "succeeded", parent
+        kids = {i: c.get(f"/jobs/{i}").json() for i in ids}
+        report = c.get(f"/jobs/{parent_id}/report").json()
+    assert all(k["state"] == "succeeded" for k in kids.values()), kids
+    assert kids[victim_id]["attempts"] == 2
+    assert kids[victim_id]["result"]["resumed_from_epoch"] == saved >= 3
+    others = [i for i in ids if i != victim_id]
+    assert [kids[i]["attempts"] for i in others] == [1, 1]
+    assert [kids[i]["result"]["resumed_from_epoch"] for i in others] == [0, 0]
+    logs = service.worker_logs()
+    for i in others:  # each other train job ran once, on whichever worker took it
+        assert logs.count(f"job {i} (train): attempt") == 1, i
+    assert logs.count(f"job {victim_id} (train): attempt") == 2
+    assert [run["job_id"] for run in report["runs"]] == ids
+    assert [run["seed"] for run in report["runs"]] == [1, 2, 3]
+    assert report["summary"][0]["seeds"] == 3

@@ -155,6 +155,15 @@ def _used_by_path(api: Client, log: Path, tmp: Path, *, regenerate: bool) -> Non
     assert any(n.endswith("model.safetensors") for n in names), names
     assert pl.read_parquet(api.topk(run, tmp / "topk.parquet")).height > 0
 
+    # a compare is a parent of train jobs, one per variant x seed
+    table = api.compare(ds, models=["sasrec"], variants=["original"], seeds=[1, 2], **TINY_TRAIN)
+    table.wait(timeout=300, poll=0.3, progress=False)
+    kids = table.children()
+    assert sorted((k.data["parameters"]["seed"], k.state) for k in kids) == [
+        (1, "succeeded"), (2, "succeeded")]
+    assert [r["job_id"] for r in api.report(table)["runs"]] == [
+        k["job_id"] for k in table.data["parameters"]["children"]]
+
     doomed = api.train(ds, model="sasrec", **TINY_TRAIN).cancel()
     with pytest.raises(JobFailed) as failed:
         doomed.wait(timeout=120, poll=0.3, progress=False)

@@ -240,6 +240,8 @@ def test_a_failing_regeneration_shows_its_error(stack: Stack, regenerated: dict)
 
 
 def test_compare_trains_each_model_on_each_variant(stack: Stack, regenerated: dict) -> None:
+    """A compare is a parent of one ordinary train job per model x variant x
+    seed; it aggregates their reports once they have all finished."""
     ds_id = regenerated["dataset"]["id"]
     with stack.client() as c:
         r = c.post(
@@ -248,16 +250,63 @@ def test_compare_trains_each_model_on_each_variant(stack: Stack, regenerated: di
                 "dataset_id": ds_id,
                 "models": ["sasrec"],
                 "variants": ["original", "dr4sr"],
+                "seeds": [1, 2],
                 "parameters": TINY_TRAIN,
             },
         )
         assert r.status_code == 202, r.text
-        job = poll(c, r.json()["id"], timeout=240, stack=stack)
+        submitted = r.json()
+        plan = submitted["parameters"]["children"]
+        assert [(k["variant"], k["seed"]) for k in plan] == [
+            ("original", 1), ("dr4sr", 1), ("original", 2), ("dr4sr", 2)
+        ]
+        assert submitted["state"] == "running" and submitted["progress"]["stage"] == "children"
+        listed = c.get("/jobs", params={"parent_job_id": submitted["id"]}).json()
+        assert listed["total"] == 4
+        assert {j["id"] for j in listed["items"]} == {k["job_id"] for k in plan}
+        assert all(j["kind"] == "train" and j["parent_job_id"] == submitted["id"]
+                   for j in listed["items"])
+
+        job = poll(c, submitted["id"], timeout=360, stack=stack)
         assert job["state"] == "succeeded", job
         assert job["regeneration_job_id"] == regenerated["job"]["id"]
+        assert job["progress"]["stages"]["children"]["done"] == 4
         report = c.get(job["links"]["report"]).json()
-    assert [(run["model"], run["variant"]) for run in report["runs"]] == [
-        ("sasrec", "original"),
-        ("sasrec", "dr4sr"),
+        kids = {k["job_id"]: c.get(f"/jobs/{k['job_id']}").json() for k in plan}
+    assert all(k["state"] == "succeeded" and k["attempts"] == 1 for k in kids.values())
+    assert [(run["model"], run["variant"], run["seed"]) for run in report["runs"]] == [
+        ("sasrec", "original", 1),
+        ("sasrec", "dr4sr", 1),
+        ("sasrec", "original", 2),
+        ("sasrec", "dr4sr", 2),
     ]
-    assert "significance" in report["runs"][1]
+    for run in report["runs"]:  # each run is its train job's result, not a re-run
+        assert run["test"] == kids[run["job_id"]]["result"]["test"]
+    assert "significance" in report["runs"][1] and "significance" not in report["runs"][0]
+    summary = {row["variant"]: row for row in report["summary"]}
+    assert summary["dr4sr"]["seeds"] == 2 and summary["dr4sr"]["significance"]["seeds"] == [1, 2]
+
+
+def test_cancelling_a_compare_cancels_its_train_jobs(stack: Stack, regenerated: dict) -> None:
+    ds_id = regenerated["dataset"]["id"]
+    slow = {**TINY_TRAIN, "epochs": 500, "patience": 500}
+    with stack.client() as c:
+        r = c.post(
+            "/jobs/compare",
+            json={"dataset_id": ds_id, "models": ["sasrec"], "variants": ["original"],
+                  "seeds": [1, 2, 3], "parameters": slow},
+        )
+        assert r.status_code == 202, r.text
+        parent = r.json()
+        ids = [k["job_id"] for k in parent["parameters"]["children"]]
+        deadline = time.monotonic() + 120
+        while c.get(f"/jobs/{ids[0]}").json()["state"] != "running":
+            assert time.monotonic() < deadline, c.get(f"/jobs/{ids[0]}").json()
+            time.sleep(0.2)
+        r = c.post(f"/jobs/{parent['id']}/cancel")
+        assert r.status_code == 202, r.text
+        assert r.json()["state"] == "cancelled"  # it only waited: nothing to stop
+        kids = [poll(c, i, timeout=120, stack=stack) for i in ids]
+        assert [k["state"] for k in kids] == ["cancelled"] * 3, kids
+        assert kids[0]["started_at"] is not None  # the running one stopped at its next step
+        assert_error(c.post(f"/jobs/{parent['id']}/cancel"), 409)

@@ -179,7 +179,12 @@ def test_used_by_path_through_the_console(
     table.wait_for()
     assert table.locator("tbody tr").count() == 2
     assert "p < 0.05" in table.locator("caption").inner_text()
+    # its train jobs, one link each, lead to ordinary train job pages
+    kids = page.locator("#child-jobs a")
+    assert kids.all_inner_texts() == ["sasrec / original / seed 2023", "sasrec / dr4sr / seed 2023"]
     c.shot("job-comparison")
+    kids.first.click()
+    page.get_by_role("link", name=f"compare {compare_id[:8]}").wait_for()
 
     # the jobs list shows all three, finished
     c.goto("/ui/jobs")

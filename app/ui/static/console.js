@@ -576,6 +576,8 @@
     valid: "Training epochs (validation)",
     test: "Test evaluation",
     compare: "Runs",
+    children: "Train jobs",
+    aggregate: "Aggregation",
   };
   const stagePlans = () => JSON.parse($("#stage-plans").textContent || "{}");
 
@@ -635,6 +637,17 @@
         )
       );
     });
+  }
+
+  /** A compare's train jobs, one link each (model/variant/seed). */
+  function childLinks(job) {
+    const kids = (job.parameters && job.parameters.children) || [];
+    if (!kids.length) return undefined;
+    const list = el("ul", { class: "children", id: "child-jobs" });
+    for (const k of kids) {
+      list.append(el("li", {}, el("a", { href: `/ui/jobs/${k.job_id}` }, `${k.model} / ${k.variant} / seed ${k.seed}`)));
+    }
+    return list;
   }
 
   function stateBadge(state) {
@@ -1221,6 +1234,8 @@
         ["State", stateBadge(job.state + (job.cancel_requested && ACTIVE.has(job.state) ? " (cancelling)" : ""))],
         ["Dataset", el("a", { href: `/ui/datasets/${job.dataset_id}` }, shortId(job.dataset_id))],
         ["Regeneration", job.regeneration_job_id ? el("a", { href: `/ui/jobs/${job.regeneration_job_id}` }, shortId(job.regeneration_job_id)) : undefined],
+        ["Part of", job.parent_job_id ? el("a", { href: `/ui/jobs/${job.parent_job_id}` }, `compare ${shortId(job.parent_job_id)}`) : undefined],
+        ["Train jobs", childLinks(job)],
         ["Queue", job.queue],
         ["Attempts", `${job.attempts} of ${job.max_attempts}`],
         ["Created", fmtTime(job.created_at)],

@@ -1,0 +1,117 @@
+"""A comparison's report: runs of models x data variants x seeds, side by side.
+
+The same document whether the runs were trained in one process
+(:func:`models.pipeline.compare`) or as separate train jobs that a compare
+job aggregates once they have all finished (``workers.tasks``): each run is a
+dict of its test/valid metrics, and ``per_user`` holds its per-user test
+NDCG@20, keyed by ``(model, variant, seed)``, for the paired tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+PAIRED_METRIC = "ndcg@20"
+
+RunKey = tuple[str, str, int]
+
+
+def run_entry(model: str, variant: str, seed: int, report: Mapping[str, Any]) -> dict[str, Any]:
+    """One run's row of the comparison, from a train report (or the same fields)."""
+    return {
+        "model": model,
+        "variant": variant,
+        "seed": seed,
+        "test": dict(report["test"]),
+        "valid": dict(report["valid"]),
+        "best_epoch": report["best_epoch"],
+        "seconds": report["seconds"],
+        "history": report.get("history", []),
+    }
+
+
+def _significance(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    from models.evaluation import paired_significance
+
+    return paired_significance(a, b)
+
+
+def with_significance(runs: list[dict[str, Any]], per_user: Mapping[RunKey, np.ndarray]) -> None:
+    """Give each non-original run the paired tests of its per-user NDCG@20
+    against the original-data run of the same model and seed (in place)."""
+    for run in runs:
+        if run["variant"] == "original":
+            continue
+        base = per_user.get((run["model"], "original", run["seed"]))
+        mine = per_user.get((run["model"], run["variant"], run["seed"]))
+        if base is not None and mine is not None:
+            run["significance"] = _significance(mine, base)
+
+
+def summarize(
+    runs: list[dict[str, Any]],
+    per_user: Mapping[RunKey, np.ndarray],
+    models: Sequence[str],
+    variants: Sequence[str],
+) -> list[dict[str, Any]]:
+    """One row per model x variant: mean and sd over seeds of the test metrics,
+    and the paired tests of its per-user NDCG@20 (averaged over the seeds both
+    arms share) against the original's."""
+    out = []
+    for model in models:
+        for variant in variants:
+            mine = [r for r in runs if r["model"] == model and r["variant"] == variant]
+            metrics = sorted(mine[0]["test"]) if mine else []
+            row: dict[str, Any] = {
+                "model": model,
+                "variant": variant,
+                "seeds": len(mine),
+                "test_mean": {m: float(np.mean([r["test"][m] for r in mine])) for m in metrics},
+                "test_sd": {
+                    m: float(np.std([r["test"][m] for r in mine], ddof=1)) if len(mine) > 1 else 0.0
+                    for m in metrics
+                },
+            }
+            shared = sorted(
+                r["seed"] for r in mine if (model, "original", r["seed"]) in per_user
+                and (model, variant, r["seed"]) in per_user
+            )
+            if variant != "original" and shared:
+                ours = np.mean([per_user[(model, variant, s)] for s in shared], axis=0)
+                base = np.mean([per_user[(model, "original", s)] for s in shared], axis=0)
+                row["significance"] = {**_significance(ours, base), "seeds": shared}
+            out.append(row)
+    return out
+
+
+def compare_report(
+    *,
+    dataset_name: str,
+    dataset_stats: Mapping[str, Any],
+    protocol: Mapping[str, Any],
+    parameters: Mapping[str, Any],
+    models: Sequence[str],
+    variants: Sequence[str],
+    seeds: Sequence[int],
+    runs: list[dict[str, Any]],
+    per_user: Mapping[RunKey, np.ndarray],
+    weights: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The comparison document (``report.json``; ``models.reports`` renders it)."""
+    with_significance(runs, per_user)
+    return {
+        "kind": "compare",
+        "title": f"Original vs DR4SR vs DR4SR+ on {dataset_name}",
+        "dataset": {"name": dataset_name, **dataset_stats},
+        "protocol": {**protocol, "seeds": list(seeds)},
+        "parameters": dict(parameters),
+        "seeds": list(seeds),
+        "runs": runs,
+        "summary": summarize(runs, per_user, models, variants),
+        "weights": dict(weights or {}),
+        **dict(extra or {}),
+    }
