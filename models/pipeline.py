@@ -22,7 +22,6 @@ import numpy as np
 from models.config import (
     MODEL_NAMES,
     VARIANTS,
-    CompareConfig,
     RegenerationConfig,
     TrainConfig,
     TrainJobConfig,
@@ -370,67 +369,4 @@ def _write_topk(path: Path, dataset: PreparedDataset, split: Split, top: np.ndar
     frame.write_parquet(path)
 
 
-def compare(
-    dataset: PreparedDataset,
-    regenerated_rows: TrainRows | None,
-    models: list[str] | tuple[str, ...] = ("sasrec",),
-    variants: list[str] | tuple[str, ...] = VARIANTS,
-    config: TrainJobConfig | None = None,
-    out_dir: Path | str = "compare",
-    progress: Progress = no_progress,
-    seeds: list[int] | tuple[int, ...] | None = None,
-) -> TrainOutcome:
-    """The paper's Table 3 on the user's own data: each model on each variant
-    and each seed (default: ``config.seed`` only), with paired significance
-    (t-test and Wilcoxon on per-user NDCG@20) against the model's
-    original-data run of the same seed. ``summary`` holds one row per model x
-    variant: mean and sd of the test metrics over seeds and the paired tests
-    on per-user NDCG@20 averaged over seeds."""
-    from models.reports import write_report
-
-    config = config if config is not None else TrainJobConfig()
-    chosen = CompareConfig(models=list(models), variants=list(variants),
-                           seeds=list(seeds) if seeds is not None else [config.seed])
-    models, variants, seeds = chosen.models, chosen.variants, chosen.seeds
-    if any(v != "original" for v in variants) and regenerated_rows is None:
-        raise ValueError("variants: 'dr4sr' and 'dr4sr+' need a regenerated dataset")
-    from models.comparison import PAIRED_METRIC, compare_report, run_entry
-
-    out_dir = Path(out_dir)
-    split = dataset.split(config.max_len)
-    runs: list[dict[str, Any]] = []
-    per_user: dict[tuple[str, str, int], np.ndarray] = {}
-    total = len(models) * len(variants) * len(seeds)
-    weights: dict[str, Any] = {}
-    step = 0
-    for model in models:
-        for seed in seeds:
-            for variant in variants:
-                label = f"{model}/{variant}" + (f"/seed {seed}" if len(seeds) > 1 else "")
-                progress(ProgressEvent(stage="compare", done=step, total=total, message=label))
-                step += 1
-                cfg = config.replace(model=model, personalize=variant == "dr4sr+", seed=seed)
-                rows = split.train if variant == "original" else regenerated_rows
-                result = _run(dataset, split, rows, cfg, _renamed(progress, f"train {label}"))
-                runs.append(run_entry(model, variant, seed, {
-                    "test": result.test_metrics, "valid": result.valid_metrics,
-                    "best_epoch": result.best_epoch + 1, "seconds": round(result.seconds, 2),
-                    "history": result.history}))
-                per_user[(model, variant, seed)] = np.asarray(result.test_per_user[PAIRED_METRIC])
-                if variant == "dr4sr+":
-                    weights = result.weights
-    progress(ProgressEvent(stage="compare", done=total, total=total))
-    report = compare_report(
-        dataset_name=dataset.name, dataset_stats=dataset.stats, protocol=_protocol(config, split),
-        parameters=config.as_dict(), models=models, variants=variants, seeds=seeds, runs=runs,
-        per_user=per_user, weights=weights, extra=_composition_report(regenerated_rows, split),
-    )
-    tmp = _atomic_dir(out_dir)
-    try:
-        write_report(tmp, report)
-        _publish(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return TrainOutcome(report=report, out_dir=out_dir)
-
+from models.comparison import compare  # noqa: E402  (the comparison of runs lives with its report)
