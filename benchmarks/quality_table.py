@@ -51,12 +51,22 @@ def load(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _non_default(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """Regeneration settings minus those equal to today's defaults: a run that
+    set ``max_pattern_ratio=2.0`` before it became the default is the same arm
+    as one that left it at the default."""
+    from models.config import RegenerationConfig
+
+    defaults = RegenerationConfig().model_dump(mode="json")
+    return {k: v for k, v in (settings or {}).items() if k not in defaults or defaults[k] != v}
+
+
 def arm_key(rec: dict[str, Any]) -> tuple:
     """Everything that defines an experiment arm except the seed."""
     return (
         Path(rec["dataset"]).stem, rec["model"], rec.get("loss", "bce"), rec["variant"],
         rec.get("profile"), rec.get("personalizer_profile"), rec.get("ablation", "none"),
-        json.dumps(rec.get("regeneration_settings") or {}, sort_keys=True),
+        json.dumps(_non_default(rec.get("regeneration_settings")), sort_keys=True),
         rec.get("bucket_chunk", 32), rec.get("tag"),
         json.dumps(rec.get("personalizer_settings") or {}, sort_keys=True),
     )
