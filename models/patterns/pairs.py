@@ -27,6 +27,9 @@ class _Trie:
     n_children: list[np.ndarray]  # depth d: number of children at depth d+1
     node_of_item: np.ndarray  # (radix,) depth-1 node of each item, -1 if no pattern starts with it
     n_patterns: int
+    # depth d: sorted edge keys parent * radix + item (row i of depth d is key i),
+    # so the child of (node, item) is found by binary search
+    key: list[np.ndarray]
 
 
 def _build_trie(patterns: Sequences, radix: int) -> _Trie:
@@ -35,13 +38,14 @@ def _build_trie(patterns: Sequences, radix: int) -> _Trie:
         raise ValueError("patterns must not be empty")
     _check_packable(max(len(patterns), 1), radix, "trie keys")
     depth = int(lengths.max(initial=0))
-    parent, item, pattern = [], [], []
+    parent, item, pattern, keys = [], [], [], []
     node_of = np.zeros(len(patterns), dtype=np.int64)  # current node of each pattern
     for d in range(depth):
         alive = np.flatnonzero(lengths > d)
         key = node_of[alive] * radix + patterns.items[patterns.offsets[alive] + d]
         uniq, inverse = np.unique(key, return_inverse=True)
         node_of[alive] = inverse
+        keys.append(uniq)
         parent.append(uniq // radix)
         item.append(uniq % radix)
         ends = alive[lengths[alive] == d + 1]
@@ -65,7 +69,7 @@ def _build_trie(patterns: Sequences, radix: int) -> _Trie:
     node_of_item = np.full(radix, -1, dtype=np.int64)
     if depth:
         node_of_item[item[0]] = np.arange(len(item[0]))
-    return _Trie(parent, item, pattern, first_child, n_children, node_of_item, len(patterns))
+    return _Trie(parent, item, pattern, first_child, n_children, node_of_item, len(patterns), keys)
 
 
 def _match_chunk(
@@ -80,17 +84,34 @@ def _match_chunk(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(source row, pattern row) of every pattern contained in the sources whose
     items are the flat positions ``lo:hi``: as a subsequence anywhere, or with
-    all items inside ``alpha`` consecutive positions."""
+    all items inside ``alpha`` consecutive positions.
+
+    A state is a matched trie prefix (node, start, last position). Its next
+    states are the children whose item occurs after ``last`` and before the
+    limit (the source's end, or ``start + alpha`` for a window), each at its
+    first such occurrence. They are found from whichever side is smaller:
+    the node's children (next occurrence of each child's item) or the
+    positions left before the limit (the first occurrence of each item there,
+    looked up as an edge of the node). Both give the same states, so the work
+    per state is at most min(#children, #positions left): bounded by the
+    sequence length, not by the number of patterns (issue #15).
+    """
     span = hi - lo
+    radix = len(trie.node_of_item)
     pos = np.arange(lo, hi, dtype=np.int64)
     chunk_items = items[lo:hi]
     occurrences = np.sort(chunk_items * span + (pos - lo))  # by item, then position
+    # Previous position of the same item in the chunk (-1 if none): position p
+    # is the first occurrence of its item after ``last`` iff prev[p] <= last
+    # (an occurrence in an earlier source is before the state's source).
+    occ_pos = occurrences % span
+    same = occurrences[1:] // span == occurrences[:-1] // span
+    prev = np.full(span, -1, dtype=np.int64)
+    prev[occ_pos[1:][same]] = occ_pos[:-1][same] + lo
     # Depth 1: greedy leftmost matching makes the first occurrence of an item
     # the only state needed for "anywhere"; a window match needs every start.
     if not window:
-        _, first = np.unique(
-            row_of[lo:hi] * len(trie.node_of_item) + chunk_items, return_index=True
-        )
+        _, first = np.unique(row_of[lo:hi] * radix + chunk_items, return_index=True)
         pos = pos[first]
     node = trie.node_of_item[items[pos]]
     keep = node >= 0
@@ -103,23 +124,48 @@ def _match_chunk(
         found_pat.append(term[hit])
         if d + 1 == len(trie.item):
             break
-        # Expand each state into its trie children, then jump to the next
-        # occurrence of the child's item after the state's last position.
-        counts = trie.n_children[d][node]
-        child = np.repeat(trie.first_child[d][node] - np.cumsum(counts) + counts, counts)
-        child += np.arange(int(counts.sum()), dtype=np.int64)
-        start, last = np.repeat(start, counts), np.repeat(last, counts)
-        want = trie.item[d + 1][child] * span - lo  # key of (item, position lo)
-        slot = np.searchsorted(occurrences, want + last + 1)
-        nxt = occurrences[np.minimum(slot, span - 1)] - want  # flat position if same item
         limit = end_of[last]
         if window:
             limit = np.minimum(limit, start + alpha)
-        ok = (slot < span) & (nxt < limit)
-        node, start, last = child[ok], start[ok], nxt[ok]
+        counts = trie.n_children[d][node]
+        room = limit - last - 1  # positions left after the state, before its limit
+        by_child = counts <= room
+        a = _expand_children(occurrences, span, lo, trie, d, node, start, last, limit, counts, by_child)
+        b = _expand_positions(items, prev, lo, radix, trie.key[d + 1], node, start, last, room, ~by_child)
+        node, start, last = (np.concatenate([x, y]) for x, y in zip(a, b, strict=True))
     # Sorted by (source, pattern); several window starts can match one pattern.
     packed = np.unique(np.concatenate(found_src) * trie.n_patterns + np.concatenate(found_pat))
     return packed // trie.n_patterns, packed % trie.n_patterns
+
+
+def _expand_children(occurrences, span, lo, trie, d, node, start, last, limit, counts, sel):
+    """Next states of the selected states through each trie child: the next
+    occurrence of the child's item after ``last``, kept if before ``limit``."""
+    node, start, last, limit, counts = node[sel], start[sel], last[sel], limit[sel], counts[sel]
+    child = np.repeat(trie.first_child[d][node] - np.cumsum(counts) + counts, counts)
+    child += np.arange(int(counts.sum()), dtype=np.int64)
+    start, last, limit = np.repeat(start, counts), np.repeat(last, counts), np.repeat(limit, counts)
+    want = trie.item[d + 1][child] * span - lo  # key of (item, position lo)
+    slot = np.searchsorted(occurrences, want + last + 1)
+    nxt = occurrences[np.minimum(slot, span - 1)] - want  # flat position if same item
+    ok = (slot < span) & (nxt < limit)
+    return child[ok], start[ok], nxt[ok]
+
+
+def _expand_positions(items, prev, lo, radix, keys, node, start, last, room, sel):
+    """Next states of the selected states through each position left: the
+    first occurrence of each item after ``last`` (before the limit), kept if
+    (node, item) is a trie edge."""
+    node, start, last, room = node[sel], start[sel], last[sel], room[sel]
+    n = int(room.sum())
+    node, start, last = np.repeat(node, room), np.repeat(start, room), np.repeat(last, room)
+    nxt = last + 1 + np.arange(n, dtype=np.int64) - np.repeat(np.cumsum(room) - room, room)
+    first = prev[nxt - lo] <= last
+    node, start, nxt = node[first], start[first], nxt[first]
+    want = node * radix + items[nxt]
+    slot = np.searchsorted(keys, want)
+    ok = keys[np.minimum(slot, len(keys) - 1)] == want
+    return slot[ok], start[ok], nxt[ok]
 
 
 def build_pairs(
