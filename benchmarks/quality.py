@@ -160,6 +160,8 @@ def _per_user_path(rec: dict[str, Any]) -> Path:
     ]
     if rec.get("regeneration_settings"):
         parts.append(hashlib.sha1(json.dumps(rec["regeneration_settings"], sort_keys=True).encode()).hexdigest()[:8])
+    if rec.get("train_settings"):
+        parts.append("t" + hashlib.sha1(json.dumps(rec["train_settings"], sort_keys=True).encode()).hexdigest()[:8])
     if rec.get("tag"):
         parts.append(rec["tag"])
     return PER_USER / ("-".join(parts) + ".npz")
@@ -172,6 +174,7 @@ def _original_for(rec: dict[str, Any], records: list[dict[str, Any]]) -> dict[st
             other["variant"] == "original" and other["dataset"] == rec["dataset"]
             and other["model"] == rec["model"] and other.get("loss", "bce") == rec["loss"]
             and other.get("seed") == rec["seed"] and other.get("bucket_chunk", 32) == rec["bucket_chunk"]
+            and (other.get("train_settings") or {}) == rec["train_settings"]
             and other.get("per_user") and (BASE / other["per_user"]).exists()
         ):
             return other
@@ -207,6 +210,7 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
         "personalizer_settings": _parse_sets(args.pers_set) if variant == "dr4sr+" else {},
         "regeneration_settings": {k: v for k, v in settings.items() if k != "profile"} if variant != "original" else {},
         "bucket_chunk": args.bucket_chunk,
+        "train_settings": _parse_sets(args.train_set),
         "tag": args.tag,
     }
     records = _load_records()
@@ -227,6 +231,7 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
     cfg = TrainJobConfig(
         model=model, personalize=variant == "dr4sr+", epochs=args.epochs, patience=args.patience,
         seed=seed, device=device, loss=loss, bucket_chunk=args.bucket_chunk, personalizer=personalizer,
+        **_parse_sets(args.train_set),
     )
     tag = f"{dataset_path.stem} {model} {variant} {loss} s{seed}"
     _log(f"start {tag}")
@@ -286,6 +291,9 @@ def main() -> None:
     p.add_argument("--personalizer-profile", default="fixed", choices=["parity", "fixed"])
     p.add_argument("--regen-set", action="append", default=[], metavar="KEY=VALUE",
                    help="Regeneration setting (JSON value), e.g. --regen-set beta=3; repeatable.")
+    p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="Training setting (a TrainJobConfig field, JSON value) for every arm, e.g. "
+                   "--train-set loss_scale=epoch; repeatable.")
     p.add_argument("--pers-set", action="append", default=[], metavar="KEY=VALUE",
                    help="DR4SR+ personalizer override (JSON value), e.g. --pers-set meta_lr=0.1; repeatable.")
     p.add_argument("--regenerator-epochs", type=int)

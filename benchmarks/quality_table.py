@@ -69,6 +69,7 @@ def arm_key(rec: dict[str, Any]) -> tuple:
         json.dumps(_non_default(rec.get("regeneration_settings")), sort_keys=True),
         rec.get("bucket_chunk", 32), rec.get("tag"),
         json.dumps(rec.get("personalizer_settings") or {}, sort_keys=True),
+        json.dumps(rec.get("train_settings") or {}, sort_keys=True),
     )
 
 
@@ -167,10 +168,11 @@ def render(records: list[dict[str, Any]], notes: str) -> str:
         return (k[0], k[1], k[2], str(k[8]), VARIANT_ORDER.get(k[3], 9), str(k[4]), str(k[5]), k[7], str(k[9]), k[10])
 
     for key, runs in sorted(arms.items(), key=sort_key):
-        dataset, model, loss, variant, profile, pprofile, ablation, settings, bucket, tag, psettings = key
+        dataset, model, loss, variant, profile, pprofile, ablation, settings, bucket, tag, psettings, tsettings = key
         runs = sorted(runs, key=lambda r: r["seed"])
-        base_key = (dataset, model, loss, "original", None, None, "none", "{}", bucket, None, "{}")
-        base = arms.get(base_key, [])
+        # the original arm with the same batching and training settings: the same tag if it has one
+        base_key = (dataset, model, loss, "original", None, None, "none", "{}", bucket, tag, "{}", tsettings)
+        base = arms.get(base_key) or arms.get((*base_key[:9], None, "{}", tsettings), [])
         pooled = pooled_test(runs, base) if variant != "original" and base else None
         per_seed = [
             f"s{r['seed']} {_p(r['p_vs_original']['t_p'])}" for r in runs if r.get("p_vs_original")
@@ -187,6 +189,8 @@ def render(records: list[dict[str, Any]], notes: str) -> str:
         if settings != "{}":
             arm.append(settings.replace("|", "/"))
         arm.append(f"bucket {bucket}")
+        if tsettings != "{}":
+            arm.append(tsettings.replace("|", "/"))
         if tag:
             arm.append(f"tag {tag}")
         paper = PAPER.get((dataset, model), {}).get(variant) if loss == "bce" else None

@@ -248,6 +248,7 @@ def _train(
             bucket_chunk=config.bucket_chunk,
         )
         total, loss_sum = len(batches), 0.0
+        positions = _mean_positions(batches) if config.loss_scale == "epoch" else None
         for i, index in enumerate(batches.batch_indices()):
             if dist_ctx is not None:  # this rank's contiguous share of the global batch
                 index = index[dist_ctx.shard(len(index))]
@@ -257,12 +258,12 @@ def _train(
                 else None
             )
             if net is not None:
-                loss, value = _shard_loss(net, b, config.loss, dist_ctx)
+                loss, value = _shard_loss(net, b, config.loss, dist_ctx, positions)
             else:
                 loss = (
                     loss_fn(model, b, run.step, epoch)
                     if loss_fn is not None
-                    else model.training_loss(b, config.loss)
+                    else model.training_loss(b, config.loss, positions)
                 )
                 value = float(loss.detach())
             if not math.isfinite(value):  # stop before a non-finite gradient reaches the weights
@@ -367,3 +368,12 @@ __all__ = [
     "save_checkpoint",
     "train_model",
 ]
+
+
+def _mean_positions(batches: BatchIterator) -> float:
+    """Target positions per batch over the epoch (``loss_scale='epoch'``).
+    Every example of both transforms has ``input_lengths`` targets (FMLP's
+    prefix examples: their one target each, counted as 1)."""
+    ex = batches.examples
+    per_example = ex.input_lengths if batches.transform.dynamic_width else np.ones(len(ex))
+    return float(per_example.sum()) / max(len(batches), 1)

@@ -110,12 +110,17 @@ class _ShardLoss(torch.nn.Module):
         return out if aux is None else out + aux * row_scale
 
 
-def _shard_loss(net: torch.nn.Module, batch: Batch | None, loss: str, dist_ctx: Any) -> tuple[Tensor, float]:
-    """(this rank's loss to back-propagate, the global batch's loss)."""
+def _shard_loss(
+    net: torch.nn.Module, batch: Batch | None, loss: str, dist_ctx: Any, positions: float | None = None
+) -> tuple[Tensor, float]:
+    """(this rank's loss to back-propagate, the global batch's loss). The
+    global batch's summed position losses are divided by its own target
+    count, or by ``positions`` (``loss_scale='epoch'``)."""
     world = dist_ctx.world_size
     tokens = float(batch.valid.sum()) if batch is not None else 0.0
     rows = float(len(batch)) if batch is not None else 0.0
     total_tokens, total_rows = (float(x) for x in dist_ctx.all_sum([tokens, rows]))
-    out = net(batch, loss, world / max(total_tokens, 1.0), world * rows / max(total_rows, 1.0))
+    denominator = total_tokens if positions is None else positions
+    out = net(batch, loss, world / max(denominator, 1.0), world * rows / max(total_rows, 1.0))
     value = float(dist_ctx.all_sum([float(out.detach())])[0]) / world
     return out, value

@@ -232,9 +232,15 @@ class SequentialRecommender(nn.Module):
         """An extra, already weighted training term (CL4SRec's InfoNCE); None elsewhere."""
         return None
 
-    def training_loss(self, batch: Batch, loss: LossName = "bce") -> Tensor:
+    def training_loss(
+        self, batch: Batch, loss: LossName = "bce", positions: float | None = None
+    ) -> Tensor:
+        """The batch's summed position losses over ``positions`` (the epoch's
+        mean target positions per batch, ``TrainConfig.loss_scale='epoch'``),
+        or over its own target positions (None: the per-batch mean)."""
         pl = self.position_losses(batch, loss)
-        out = pl.loss.sum() / pl.valid.sum().clamp(min=1)
+        denominator = pl.valid.sum().clamp(min=1) if positions is None else positions
+        out = pl.loss.sum() / denominator
         aux = self.auxiliary_loss(batch)
         return out if aux is None else out + aux
 
