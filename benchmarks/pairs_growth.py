@@ -12,7 +12,7 @@ exactly as ``benchmarks/scaling.py`` does (``models.data.synthetic``, items =
 users / 4, planted patterns = users / 50, seed 0; 5-core; split at max_len
 50; alpha 5, beta 2 under ``pattern_budget``), cached under ``--work``, not
 timed. Then ``build_pairs(pair_source, patterns, 10, "anywhere", 5, 2024)``
-runs with the old walk (a verbatim copy below, the baseline) and the new one
+runs with the old walk (`_match_chunk(expand="children")`, the baseline) and the new one
 on the same inputs in this one process, alternating old/new ``--repeats``
 times; the best of each is kept and the two outputs must be identical.
 
@@ -28,6 +28,7 @@ largest point over the smallest, for old and new.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -48,48 +49,9 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def old_match_chunk(items, lo, hi, row_of, end_of, trie, window, alpha):
-    """``_match_chunk`` before issue #15 (``git show 3fc65cc:models/patterns/pairs.py``),
-    verbatim: every state expands into all trie children of its node."""
-    span = hi - lo
-    pos = np.arange(lo, hi, dtype=np.int64)
-    chunk_items = items[lo:hi]
-    occurrences = np.sort(chunk_items * span + (pos - lo))  # by item, then position
-    # Depth 1: greedy leftmost matching makes the first occurrence of an item
-    # the only state needed for "anywhere"; a window match needs every start.
-    if not window:
-        _, first = np.unique(
-            row_of[lo:hi] * len(trie.node_of_item) + chunk_items, return_index=True
-        )
-        pos = pos[first]
-    node = trie.node_of_item[items[pos]]
-    keep = node >= 0
-    node, start, last = node[keep], pos[keep], pos[keep]
-    found_src, found_pat = [], []
-    for d in range(len(trie.item)):
-        term = trie.pattern[d][node]
-        hit = term >= 0
-        found_src.append(row_of[last[hit]])
-        found_pat.append(term[hit])
-        if d + 1 == len(trie.item):
-            break
-        # Expand each state into its trie children, then jump to the next
-        # occurrence of the child's item after the state's last position.
-        counts = trie.n_children[d][node]
-        child = np.repeat(trie.first_child[d][node] - np.cumsum(counts) + counts, counts)
-        child += np.arange(int(counts.sum()), dtype=np.int64)
-        start, last = np.repeat(start, counts), np.repeat(last, counts)
-        want = trie.item[d + 1][child] * span - lo  # key of (item, position lo)
-        slot = np.searchsorted(occurrences, want + last + 1)
-        nxt = occurrences[np.minimum(slot, span - 1)] - want  # flat position if same item
-        limit = end_of[last]
-        if window:
-            limit = np.minimum(limit, start + alpha)
-        ok = (slot < span) & (nxt < limit)
-        node, start, last = child[ok], start[ok], nxt[ok]
-    # Sorted by (source, pattern); several window starts can match one pattern.
-    packed = np.unique(np.concatenate(found_src) * trie.n_patterns + np.concatenate(found_pat))
-    return packed // trie.n_patterns, packed % trie.n_patterns
+# The walk before issue #15 (every state expands into all trie children of its
+# node): the children side alone, the baseline.
+old_match_chunk = functools.partial(pairs_module._match_chunk, expand="children")
 
 
 NEW_MATCH_CHUNK = pairs_module._match_chunk

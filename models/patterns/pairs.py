@@ -81,6 +81,7 @@ def _match_chunk(
     trie: _Trie,
     window: bool,
     alpha: int,
+    expand: str = "cheaper",
 ) -> tuple[np.ndarray, np.ndarray]:
     """(source row, pattern row) of every pattern contained in the sources whose
     items are the flat positions ``lo:hi``: as a subsequence anywhere, or with
@@ -95,6 +96,8 @@ def _match_chunk(
     looked up as an edge of the node). Both give the same states, so the work
     per state is at most min(#children, #positions left): bounded by the
     sequence length, not by the number of patterns (issue #15).
+    ``expand="children"`` always takes the children side: the walk before
+    issue #15, kept as the baseline of tests and ``benchmarks/pairs_growth.py``.
     """
     span = hi - lo
     radix = len(trie.node_of_item)
@@ -129,7 +132,7 @@ def _match_chunk(
             limit = np.minimum(limit, start + alpha)
         counts = trie.n_children[d][node]
         room = limit - last - 1  # positions left after the state, before its limit
-        by_child = counts <= room
+        by_child = counts <= room if expand == "cheaper" else np.ones(len(node), dtype=bool)
         a = _expand_children(occurrences, span, lo, trie, d, node, start, last, limit, counts, by_child)
         b = _expand_positions(items, prev, lo, radix, trie.key[d + 1], node, start, last, room, ~by_child)
         node, start, last = (np.concatenate([x, y]) for x, y in zip(a, b, strict=True))

@@ -7,6 +7,8 @@ so the sampled pairs stay identical for every seed."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -42,43 +44,8 @@ def brute_force(sources: list[list[int]], patterns: list[list[int]], match: str,
     return out
 
 
-def old_match_chunk(items, lo, hi, row_of, end_of, trie, window, alpha):
-    """``_match_chunk`` before issue #15 (git HEAD 3fc65cc), verbatim: every
-    state expands into all trie children of its node."""
-    span = hi - lo
-    pos = np.arange(lo, hi, dtype=np.int64)
-    chunk_items = items[lo:hi]
-    occurrences = np.sort(chunk_items * span + (pos - lo))  # by item, then position
-    if not window:
-        _, first = np.unique(
-            row_of[lo:hi] * len(trie.node_of_item) + chunk_items, return_index=True
-        )
-        pos = pos[first]
-    node = trie.node_of_item[items[pos]]
-    keep = node >= 0
-    node, start, last = node[keep], pos[keep], pos[keep]
-    found_src, found_pat = [], []
-    for d in range(len(trie.item)):
-        term = trie.pattern[d][node]
-        hit = term >= 0
-        found_src.append(row_of[last[hit]])
-        found_pat.append(term[hit])
-        if d + 1 == len(trie.item):
-            break
-        counts = trie.n_children[d][node]
-        child = np.repeat(trie.first_child[d][node] - np.cumsum(counts) + counts, counts)
-        child += np.arange(int(counts.sum()), dtype=np.int64)
-        start, last = np.repeat(start, counts), np.repeat(last, counts)
-        want = trie.item[d + 1][child] * span - lo  # key of (item, position lo)
-        slot = np.searchsorted(occurrences, want + last + 1)
-        nxt = occurrences[np.minimum(slot, span - 1)] - want  # flat position if same item
-        limit = end_of[last]
-        if window:
-            limit = np.minimum(limit, start + alpha)
-        ok = (slot < span) & (nxt < limit)
-        node, start, last = child[ok], start[ok], nxt[ok]
-    packed = np.unique(np.concatenate(found_src) * trie.n_patterns + np.concatenate(found_pat))
-    return packed // trie.n_patterns, packed % trie.n_patterns
+# The walk before issue #15: every state expands into all trie children of its node.
+old_match_chunk = functools.partial(pairs_module._match_chunk, expand="children")
 
 
 # -- synthetic inputs -------------------------------------------------------------
