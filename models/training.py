@@ -73,7 +73,9 @@ from models.training_checkpoint import (
 )
 from models.training_distributed import _shard_loss, _ShardLoss, _train_distributed
 
-LossFn = Callable[[SequentialRecommender, Batch, int, int], Tensor]
+# (model, batch, optimiser step, epoch, positions): ``positions`` is the epoch's mean
+# target positions per batch under ``loss_scale="epoch"``, else None (the batch mean)
+LossFn = Callable[[SequentialRecommender, Batch, int, int, float | None], Tensor]
 StepHook = Callable[[SequentialRecommender, Batch, int, int], None]
 ModelHook = Callable[[SequentialRecommender], None]
 
@@ -261,7 +263,7 @@ def _train(
                 loss, value = _shard_loss(net, b, config.loss, dist_ctx, positions)
             else:
                 loss = (
-                    loss_fn(model, b, run.step, epoch)
+                    loss_fn(model, b, run.step, epoch, positions)
                     if loss_fn is not None
                     else model.training_loss(b, config.loss, positions)
                 )

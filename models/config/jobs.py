@@ -36,14 +36,6 @@ class TrainJobConfig(TrainConfig):
                         self.world_size, type(self).__name__)
         return self
 
-    @model_validator(mode="after")
-    def _epoch_loss_scale_without_personalizer(self) -> TrainJobConfig:
-        # the personalizer's weighted loss keeps its own per-batch denominator (spec §7.2)
-        if self.personalize and self.loss_scale != "batch":
-            raise _fail(("loss_scale",), "DR4SR+ (personalize) supports loss_scale 'batch' only",
-                        self.loss_scale, type(self).__name__)
-        return self
-
     def personalizer_config(self) -> PersonalizerConfig:
         return self.personalizer.build()
 

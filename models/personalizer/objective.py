@@ -95,13 +95,15 @@ class PersonalizedObjective:
     def weighting(self, epoch: int) -> bool:
         return epoch > self.config.warmup_epochs
 
-    def __call__(self, model: SequentialRecommender, batch: Batch, step: int, epoch: int) -> Tensor:
+    def __call__(
+        self, model: SequentialRecommender, batch: Batch, step: int, epoch: int, positions: float | None = None
+    ) -> Tensor:
         if epoch != self._epoch:
             self.end_epoch()
             self._epoch = epoch
         if not self.weighting(epoch):
-            return model.training_loss(batch, self.loss_name)
-        return self.weighted_loss(model, batch, track=True)
+            return model.training_loss(batch, self.loss_name, positions)
+        return self.weighted_loss(model, batch, track=True, positions=positions)
 
     def end_epoch(self) -> None:
         """Record the mean applied (noisy) weight on personalised positions of the
@@ -122,13 +124,15 @@ class PersonalizedObjective:
             self.meta_step(model)
 
     # -- losses -----------------------------------------------------------
-    def weighted_loss(self, model: SequentialRecommender, batch: Batch, track: bool = False) -> Tensor:
+    def weighted_loss(
+        self, model: SequentialRecommender, batch: Batch, track: bool = False, positions: float | None = None
+    ) -> Tensor:
         pl = model.position_losses(batch, self.loss_name)
         w, personalised = _position_weights(
             self._personalizer(), pl.hidden, pl.valid, batch.source, self._codes,
             self.config.detach_hidden, noise=True,
         )  # (B, T), (B,)
-        loss = weighted_position_loss(pl.loss, pl.valid, w)
+        loss = weighted_position_loss(pl.loss, pl.valid, w, positions)
         if track:
             with torch.no_grad():  # running totals stay on the device: no sync per step
                 mask = pl.valid & personalised[:, None]

@@ -99,11 +99,15 @@ def _position_weights(
     return w * valid.to(w.dtype), personalised
 
 
-def weighted_position_loss(loss: Tensor, valid: Tensor, weights: Tensor) -> Tensor:
+def weighted_position_loss(
+    loss: Tensor, valid: Tensor, weights: Tensor, positions: float | None = None
+) -> Tensor:
     """Σ w·ℓ / #valid (spec §7.2): the denominator is the valid count, not Σw, so
-    down-weighting really shrinks the loss (and its gradient)."""
+    down-weighting really shrinks the loss (and its gradient). With
+    ``positions`` (``loss_scale="epoch"``) the denominator is that fixed count."""
     mask = valid.to(loss.dtype)
-    return (weights * loss * mask).sum() / mask.sum().clamp(min=1.0)
+    denominator = mask.sum().clamp(min=1.0) if positions is None else positions
+    return (weights * loss * mask).sum() / denominator
 
 
 # -- weight summaries (for the report's histogram) --------------------------------

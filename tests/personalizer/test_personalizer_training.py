@@ -244,3 +244,37 @@ def test_heldout_dev_and_model_selection_use_disjoint_users(tiny, monkeypatch):
     # each half keeps the validation rows' own targets
     by_user = dict(zip(split.valid.user.tolist(), split.valid.target.tolist(), strict=True))
     assert all(by_user[u] == t for u, t in zip(seen["dev"].user.tolist(), seen["dev"].target.tolist(), strict=True))
+
+
+def test_epoch_loss_scale_reaches_the_weighted_loss(tiny, monkeypatch):
+    """loss_scale='epoch': the trainer hands the epoch's mean positions per batch
+    to the personalizer's weighted loss, which divides by it (not by the batch's
+    own positions), in the warm-up and in the weighted epochs."""
+    import models.personalizer.objective as objective_module
+    from models.personalizer.weights import weighted_position_loss
+
+    split, rows = tiny
+    seen = []
+
+    def spy(loss, valid, weights, positions=None):
+        seen.append(positions)
+        return weighted_position_loss(loss, valid, weights, positions)
+
+    monkeypatch.setattr(objective_module, "weighted_position_loss", spy)
+    cfg = PersonalizerConfig.parity(warmup_epochs=0, interval=3)
+    tc = _train_config("sasrec", 2, loss_scale="epoch")
+    result = train_personalized(rows, split.valid, split.test, NUM_ITEMS, tc, cfg)
+    assert result.meta["meta_steps"] > 0 and np.isfinite(result.meta["hypergradient_norm"])
+    examples = AllPositions(max_len=20).examples(rows)
+    batches = -(-len(rows) // 32)
+    expected = float(examples.input_lengths.sum()) / batches
+    weighted = [p for p in seen if p is not None]
+    assert weighted and all(p == pytest.approx(expected) for p in weighted)
+    # the meta step's own losses keep the per-batch denominator (spec §7.2)
+    assert None in seen
+
+    loss = torch.tensor([[1.0, 2.0], [3.0, 0.0]])
+    valid = torch.tensor([[True, True], [True, False]])
+    w = torch.tensor([[0.5, 1.0], [1.0, 1.0]])
+    assert float(weighted_position_loss(loss, valid, w)) == pytest.approx((0.5 + 2 + 3) / 3)
+    assert float(weighted_position_loss(loss, valid, w, 10.0)) == pytest.approx((0.5 + 2 + 3) / 10)

@@ -87,11 +87,11 @@ def test_epoch_scale_is_the_epoch_sum_over_mean_positions() -> None:
     assert summed == pytest.approx(per_position * len(it), rel=1e-4)
 
 
-def test_training_runs_with_epoch_scale_and_dr4sr_plus_refuses_it() -> None:
+def test_training_runs_with_epoch_scale() -> None:
     rows = _mixed_rows(2)
     valid = EvalRows(Sequences.from_lists([[1, 2, 3]] * 10), np.arange(1, 11) % N + 1, np.arange(1, 11))
     cfg = TrainJobConfig(epochs=2, patience=2, loss_scale="epoch", device="cpu", batch_size=32)
     result = train_model(rows, valid, valid, N, cfg.train_config())
     assert all(np.isfinite(h["loss"]) for h in result.history) and result.epochs_run == 2
     with pytest.raises(ValidationError, match="loss_scale"):
-        TrainJobConfig(personalize=True, loss_scale="epoch")
+        TrainJobConfig(loss_scale="position")
