@@ -94,6 +94,7 @@ def _pretrain_item_table(split: Split, num_items: int, config: RegenerationConfi
     summary = {
         "best_epoch": result.best_epoch + 1,
         "epochs_run": result.epochs_run,
+        "loss_scale": result.loss_scale,
         "valid": result.valid_metrics,
         "test": result.test_metrics,
         "seconds": round(result.seconds, 2),

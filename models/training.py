@@ -51,6 +51,7 @@ from models.batching import Batch, BatchIterator
 from models.config import TrainConfig  # noqa: F401 - lives with every config in models.config
 from models.data.sequences import EvalRows, TrainRows
 from models.evaluation import evaluate, resolve_device
+from models.loss_scale import mean_positions, resolve_loss_scale
 from models.progress import Progress, ProgressEvent, no_progress
 from models.recommenders import build_model
 from models.recommenders.base import SequentialRecommender
@@ -95,6 +96,7 @@ class TrainResult:
     seconds: float  # training + evaluation wall time, summed over resumed segments
     epochs_run: int = 0
     stopped_early: bool = False
+    loss_scale: str = "batch"  # the loss scale used ('auto' resolved, see resolve_loss_scale)
 
 
 # ---------------------------------------------------------------------------
@@ -237,6 +239,7 @@ def _train(
     valid_eval = _valid_rows(valid, config)
 
     transform = model.batch_transform()
+    scale = resolve_loss_scale(config, train, transform)
     ks = config.eval_ks()
     while run.epoch < config.epochs and not run.stopped_early:
         epoch, started = run.epoch, time.perf_counter()
@@ -250,7 +253,7 @@ def _train(
             bucket_chunk=config.bucket_chunk,
         )
         total, loss_sum = len(batches), 0.0
-        positions = _mean_positions(batches) if config.loss_scale == "epoch" else None
+        positions = mean_positions(batches) if scale == "epoch" else None
         for i, index in enumerate(batches.batch_indices()):
             if dist_ctx is not None:  # this rank's contiguous share of the global batch
                 index = index[dist_ctx.shard(len(index))]
@@ -353,6 +356,7 @@ def _train(
         seconds=run.seconds,
         epochs_run=run.epoch,
         stopped_early=run.stopped_early,
+        loss_scale=scale,
     )
 
 
@@ -370,12 +374,3 @@ __all__ = [
     "save_checkpoint",
     "train_model",
 ]
-
-
-def _mean_positions(batches: BatchIterator) -> float:
-    """Target positions per batch over the epoch (``loss_scale='epoch'``).
-    Every example of both transforms has ``input_lengths`` targets (FMLP's
-    prefix examples: their one target each, counted as 1)."""
-    ex = batches.examples
-    per_example = ex.input_lengths if batches.transform.dynamic_width else np.ones(len(ex))
-    return float(per_example.sum()) / max(len(batches), 1)

@@ -67,11 +67,13 @@ class TrainConfig(_Config):
     max_len: Int = Field(50, ge=4, le=200, description="Window of the last max_len interactions per user; the model's position table.")
     num_threads: Int | None = Field(None, ge=1, le=1024, description="CPU threads for torch; null: torch's default.")
     bucket_chunk: Int = Field(32, ge=0, le=100_000, description="Length bucketing inside chunks of this many batches (0: off).")
-    loss_scale: Literal["batch", "epoch"] = Field(
-        "batch",
+    loss_scale: Literal["auto", "batch", "epoch"] = Field(
+        "auto",
         description="A batch's loss: 'batch' = mean over its target positions (every batch weighs the same, as in "
         "the reference); 'epoch' = sum over its positions / the epoch's mean positions per batch (every position "
-        "weighs the same, so length-bucketed batches of short rows do not weigh as much as batches of long rows).",
+        "weighs the same, so length-bucketed batches of short rows do not weigh as much as batches of long rows); "
+        "'auto' = 'epoch' when bucketing would give the pattern and regenerated rows more than 4x their share of "
+        "target positions (dense logs: long original rows beside two-item rows), else 'batch'.",
     )
     monitor: str = Field("ndcg@20", pattern=r"^(ndcg|recall)@[1-9][0-9]*$", description="Validation metric for early stopping and the best epoch, e.g. ndcg@20 or recall@10.")
     item_chunk: Int | None = Field(None, ge=1, le=10_000_000, description="Items scored per evaluation chunk; null: sized to a fixed memory budget.")

@@ -14,8 +14,9 @@ from pydantic import ValidationError
 from models.batching import BatchIterator
 from models.config import TrainJobConfig
 from models.data.sequences import EvalRows, RowSource, Sequences, TrainRows
+from models.loss_scale import mean_positions as _mean_positions
 from models.recommenders import build_model
-from models.training import _mean_positions, train_model
+from models.training import train_model
 
 N = 40
 
@@ -95,3 +96,39 @@ def test_training_runs_with_epoch_scale() -> None:
     assert all(np.isfinite(h["loss"]) for h in result.history) and result.epochs_run == 2
     with pytest.raises(ValidationError, match="loss_scale"):
         TrainJobConfig(loss_scale="position")
+
+
+def test_auto_picks_epoch_only_when_bucketing_would_overweight_short_synthetic_rows() -> None:
+    from models.batching import AllPositions
+    from models.config import TrainConfig
+    from models.loss_scale import OVERWEIGHT_LIMIT, resolve_loss_scale, synthetic_overweight
+
+    transform = AllPositions(max_len=20)
+    dense = _mixed_rows()  # long original rows beside two-item pattern rows (ml-100k's shape)
+    rng = np.random.default_rng(5)
+    # Beauty's shape: short original rows (4-9 items) beside two- and three-item rows
+    short = [list(rng.integers(1, N + 1, size=rng.integers(4, 10))) for _ in range(100)]
+    frag = [list(rng.integers(1, N + 1, size=rng.integers(2, 4))) for _ in range(300)]
+    sparse = TrainRows(Sequences.from_lists(short + frag),
+                       np.array([RowSource.ORIGINAL] * 100 + [RowSource.PATTERN] * 300, dtype=np.uint8),
+                       np.zeros(400, dtype=np.int64))
+    original_only = TrainRows.build(Sequences.from_lists(short), RowSource.ORIGINAL)
+
+    assert synthetic_overweight(dense, transform) > OVERWEIGHT_LIMIT
+    assert 1.0 < synthetic_overweight(sparse, transform) < OVERWEIGHT_LIMIT
+    assert synthetic_overweight(original_only, transform) == 0.0
+    auto = TrainConfig()
+    assert auto.loss_scale == "auto"
+    assert resolve_loss_scale(auto, dense, transform) == "epoch"
+    assert resolve_loss_scale(auto, sparse, transform) == "batch"
+    assert resolve_loss_scale(auto, original_only, transform) == "batch"
+    # uniform batches weigh rows by their positions already; an explicit value wins
+    assert resolve_loss_scale(TrainConfig(bucket_chunk=0), dense, transform) == "batch"
+    assert resolve_loss_scale(TrainConfig(loss_scale="batch"), dense, transform) == "batch"
+    assert resolve_loss_scale(TrainConfig(loss_scale="epoch"), sparse, transform) == "epoch"
+
+
+def test_the_run_reports_the_scale_it_used() -> None:
+    valid = EvalRows(Sequences.from_lists([[1, 2, 3]] * 10), np.arange(1, 11) % N + 1, np.arange(1, 11))
+    cfg = TrainJobConfig(epochs=1, patience=1, device="cpu", batch_size=32)
+    assert train_model(_mixed_rows(3), valid, valid, N, cfg.train_config()).loss_scale == "epoch"
