@@ -245,6 +245,7 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
         "stopped": stopped,
         "epochs": report["epochs_run"],
         "best_epoch": report["best_epoch"],
+        "loss_scale": report.get("loss_scale"),  # the scale used ('auto' resolved)
         "seconds": round(time.perf_counter() - started, 1),
         "train_seconds": report["seconds"],
         "test": report["test"],
