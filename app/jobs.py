@@ -218,14 +218,27 @@ def submit(
     )
     session.add(job)
     session.commit()
+    _enqueue(session, celery, [job], [job])
+    return job
+
+
+def _enqueue(session: Session, celery: Celery, send: list[Job], family: list[Job]) -> None:
+    """Send the task of each job in ``send`` (committed rows); when the broker
+    refuses, fail every job of ``family`` (a job and, for a compare, its parent
+    and siblings) and answer 503. A message lost later is re-sent by the
+    workers' scan."""
     try:
-        celery.send_task(TASK_NAMES[kind], args=[job.id], queue=queue)
+        for job in send:
+            celery.send_task(TASK_NAMES[job.kind], args=[job.id], queue=job.queue)
     except Exception as exc:
-        job.state, job.finished_at = "failed", utcnow()
-        job.error = {"type": "BrokerUnavailable", "message": f"could not enqueue the job: {exc}"}
+        for job in family:
+            job.state, job.finished_at = "failed", utcnow()
+            job.error = {
+                "type": "BrokerUnavailable",
+                "message": f"could not enqueue the job: {exc}",
+            }
         session.commit()
         raise Unavailable(f"the job queue is unavailable: {exc}") from exc
-    return job
 
 
 def submit_compare(
@@ -305,21 +318,7 @@ def submit_compare(
     session.flush()  # the parent's row first: the children reference it
     session.add_all(kids)
     session.commit()
-    try:
-        for kid in kids:
-            celery.send_task(TASK_NAMES["train"], args=[kid.id], queue=queue)
-    except Exception as exc:
-        # queued children whose message was lost are re-sent by the workers'
-        # scan; with no broker at all, fail the whole family now
-        for job in (parent, *kids):
-            if job.state in ACTIVE_STATES:
-                job.state, job.finished_at = "failed", utcnow()
-                job.error = {
-                    "type": "BrokerUnavailable",
-                    "message": f"could not enqueue the job: {exc}",
-                }
-        session.commit()
-        raise Unavailable(f"the job queue is unavailable: {exc}") from exc
+    _enqueue(session, celery, kids, [parent, *kids])
     return parent
 
 

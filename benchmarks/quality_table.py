@@ -19,6 +19,7 @@ listed apart as legacy figures and never compared. The prose in
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -51,13 +52,18 @@ def load(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+@functools.cache
+def _regeneration_defaults() -> dict[str, Any]:
+    from models.config import RegenerationConfig
+
+    return RegenerationConfig().model_dump(mode="json")
+
+
 def _non_default(settings: dict[str, Any] | None) -> dict[str, Any]:
     """Regeneration settings minus those equal to today's defaults: a run that
     set ``max_pattern_ratio=2.0`` before it became the default is the same arm
     as one that left it at the default."""
-    from models.config import RegenerationConfig
-
-    defaults = RegenerationConfig().model_dump(mode="json")
+    defaults = _regeneration_defaults()
     return {k: v for k, v in (settings or {}).items() if k not in defaults or defaults[k] != v}
 
 
