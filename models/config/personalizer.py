@@ -46,9 +46,17 @@ class PersonalizerConfig(_Frozen):
     max_grad_norm: Float = Field(10.0, gt=0.0, le=1e6, description="Clip of the hypergradient's global norm.")
     tau_init: Float = Field(10.0, gt=0.0, le=1000.0, description="Initial Gumbel-softmax temperature of the weights (at least tau_min).")
     tau_min: Float = Field(1.0, gt=0.0, le=1000.0, description="Temperature floor.")
-    meta_lr: Float = Field(1e-3, gt=0.0, le=10.0, description="Learning rate of the personalizer's SGD.")
-    meta_momentum: Float = Field(0.9, ge=0.0, le=1.0, description="Momentum of the personalizer's SGD.")
-    meta_weight_decay: Float = Field(1e-3, ge=0.0, le=1.0, description="Weight decay of the personalizer's SGD.")
+    meta_lr: Float = Field(1e-3, gt=0.0, le=10.0, description="Learning rate of the personalizer's optimiser (meta_optimizer).")
+    meta_momentum: Float = Field(0.9, ge=0.0, le=1.0, description="Momentum of the personalizer's SGD (meta_optimizer sgd only).")
+    meta_weight_decay: Float = Field(1e-3, ge=0.0, le=1.0, description="Weight decay of the personalizer's optimiser.")
+    meta_optimizer: Literal["sgd", "adam"] = Field(
+        "sgd",
+        description="The personalizer's optimiser: 'sgd' with meta_momentum (the released code) or 'adam', whose step does not scale with the hypergradient's norm (about 0.01 on Amazon Beauty, where SGD at meta_lr 1e-3 leaves the weights at their initial 0.50).",
+    )
+    normalize: Bool = Field(
+        False,
+        description="Divide the weights of personalised positions by their mean over the batch: the personalizer can then only move weight between rows, not scale every row at once (the direction the hypergradient mostly points along), and DR4SR+ starts from DR4SR's unweighted loss. Weights then average 1 per batch and may exceed 1, as in learning-to-reweight.",
+    )
     hidden: Int = Field(64, ge=1, le=65536, description="Hidden width of the personalizer MLP.")
     dev_data: Literal["train_batch", "heldout"] = Field(
         "train_batch", description="Q3: the 'dev' loss of the outer problem: another training batch (released code) or held-out validation targets."

@@ -149,7 +149,7 @@ def train_personalized(
     )
     objective.end_epoch()
     model, personalizer = result.model, objective._personalizer()
-    w, src = collect_weights(model, personalizer, train, cfg.weighted_codes, train_config.batch_size)
+    w, src = collect_weights(model, personalizer, train, cfg.weighted_codes, train_config.batch_size, cfg.normalize)
     del model.personalizer  # a plain recommender again (checkpoints stay model-only)
     personalizer.requires_grad_(False)
     return PersonalizedResult(

@@ -79,9 +79,12 @@ class PersonalizedObjective:
         self.personalizer = p
         if cfg.mode == "bilevel":
             p.requires_grad_(False)
-            self.meta_optimizer = torch.optim.SGD(
-                self._phi(), lr=cfg.meta_lr, momentum=cfg.meta_momentum, weight_decay=cfg.meta_weight_decay
-            )
+            if cfg.meta_optimizer == "adam":
+                self.meta_optimizer = torch.optim.Adam(self._phi(), lr=cfg.meta_lr, weight_decay=cfg.meta_weight_decay)
+            else:
+                self.meta_optimizer = torch.optim.SGD(
+                    self._phi(), lr=cfg.meta_lr, momentum=cfg.meta_momentum, weight_decay=cfg.meta_weight_decay
+                )
             transform, bs, seed, chunk = model.batch_transform(), self.batch_size, self.seed, self.bucket_chunk
             self._train_stream = TrainStream(self.train, transform, bs, seed, 1, chunk)
             self._dev_stream = (
@@ -130,7 +133,7 @@ class PersonalizedObjective:
         pl = model.position_losses(batch, self.loss_name)
         w, personalised = _position_weights(
             self._personalizer(), pl.hidden, pl.valid, batch.source, self._codes,
-            self.config.detach_hidden, noise=True,
+            self.config.detach_hidden, noise=True, normalize=self.config.normalize,
         )  # (B, T), (B,)
         loss = weighted_position_loss(pl.loss, pl.valid, w, positions)
         if track:

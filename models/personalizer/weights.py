@@ -66,13 +66,17 @@ def position_weights(
     weighted_codes: Sequence[int] | Tensor,
     detach_hidden: bool,
     noise: bool = True,
+    normalize: bool = False,
 ) -> Tensor:
     """Per-position weights (B, T): the personalizer's output on rows of a weighted
-    source, 1 on other rows, 0 on padding positions.
+    source, 1 on other rows, 0 on padding positions. With ``normalize`` the
+    personalised positions' weights are divided by their mean over the batch
+    (the division is part of the graph, so φ's gradient has no component that
+    scales every weight alike).
 
     hidden (B, T, d), valid (B, T) bool, source (B,) RowSource codes.
     """
-    return _position_weights(personalizer, hidden, valid, source, weighted_codes, detach_hidden, noise)[0]
+    return _position_weights(personalizer, hidden, valid, source, weighted_codes, detach_hidden, noise, normalize)[0]
 
 
 def _position_weights(
@@ -83,6 +87,7 @@ def _position_weights(
     weighted_codes: Sequence[int] | Tensor,
     detach_hidden: bool,
     noise: bool,
+    normalize: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """(weights (B, T), personalised rows (B,) bool)."""
     if hidden.dim() != 3 or valid.shape != hidden.shape[:2] or source.shape != hidden.shape[:1]:
@@ -95,8 +100,12 @@ def _position_weights(
     if not isinstance(weighted_codes, Tensor):
         weighted_codes = torch.as_tensor(list(weighted_codes), dtype=source.dtype, device=source.device)
     personalised = torch.isin(source, weighted_codes)  # (B,)
-    w = torch.where(personalised[:, None], w, torch.ones_like(w))
-    return w * valid.to(w.dtype), personalised
+    w = torch.where(personalised[:, None], w, torch.ones_like(w)) * valid.to(w.dtype)
+    if normalize:
+        mask = valid & personalised[:, None]
+        mean = (w * mask).sum() / mask.sum().clamp(min=1)
+        w = torch.where(mask, w / mean.clamp(min=torch.finfo(w.dtype).tiny), w)
+    return w, personalised
 
 
 def weighted_position_loss(
@@ -120,15 +129,17 @@ def summarize_weights(
 
     ``weights`` (P,) and ``source`` (P,) are flattened over valid positions.
     Returns ``{label: {edges, counts, mean, std, positions, weighted}}`` for every
-    source that has positions (the format ``models.reports`` plots).
+    source that has positions (the format ``models.reports`` plots). The bins
+    span [0, 1], or [0, max weight] when normalised weights exceed 1.
     """
-    edges = np.linspace(0.0, 1.0, bins + 1)
+    top = max(1.0, float(weights.max())) if len(weights) else 1.0
+    edges = np.linspace(0.0, top, bins + 1)
     out: dict[str, dict[str, Any]] = {}
     for src in RowSource:
         w = weights[source == int(src)]
         if len(w) == 0:
             continue
-        counts, _ = np.histogram(np.clip(w, 0.0, 1.0), bins=edges)
+        counts, _ = np.histogram(np.clip(w, 0.0, top), bins=edges)
         out[src.label] = {
             "edges": edges.tolist(),
             "counts": counts.astype(int).tolist(),
@@ -148,11 +159,14 @@ def collect_weights(
     rows: TrainRows,
     weighted_codes: Sequence[int],
     batch_size: int = 256,
+    normalize: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Noise-free applied weights of every valid training position (eval mode, no grad).
 
     Returns ``(weights (P,), source (P,))``. The Gumbel noise is left out: the
-    histogram shows what φ learned, not one draw of the noise.
+    histogram shows what φ learned, not one draw of the noise. With
+    ``normalize`` the personalised positions' weights are divided by their mean
+    over all of ``rows`` (training divides by each batch's mean).
     """
     device = next(model.parameters()).device
     transform = model.batch_transform()
@@ -175,4 +189,8 @@ def collect_weights(
         model.train(was_training)
     if not weights:
         return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.uint8)
-    return np.concatenate(weights), np.concatenate(sources)
+    w, src = np.concatenate(weights), np.concatenate(sources)
+    personalised = np.isin(src, list(weighted_codes))
+    if normalize and personalised.any():
+        w[personalised] /= max(float(w[personalised].mean()), np.finfo(np.float32).tiny)
+    return w, src

@@ -281,3 +281,41 @@ def test_hypergradient_handles_unused_parameters():
     got = implicit_hypergradient(dev_loss(W), train_loss(W, A, tau0), [W, unused], [A, phi_unused], 1e-3, 3)
     assert got[0].abs().sum() > 0
     assert torch.all(got[1] == 0)
+
+
+def test_normalized_weights_average_one_and_only_move_weight_between_rows():
+    torch.manual_seed(0)
+    p = Personalizer(dim=8, tau_init=1.0)
+    with torch.no_grad():
+        p.net[2].weight.normal_(std=1.0)  # weights that differ from row to row
+    hidden = torch.randn(3, 4, 8)
+    valid = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.bool)
+    source = torch.tensor([RowSource.REGENERATED, RowSource.PATTERN, RowSource.REGENERATED])
+    codes = (int(RowSource.REGENERATED),)
+    p.requires_grad_(False)
+    raw = position_weights(p, hidden, valid, source, codes, True, noise=False)
+    w = position_weights(p, hidden, valid, source, codes, True, noise=False, normalize=True)
+    mask = valid & torch.isin(source, torch.tensor(codes, dtype=source.dtype))[:, None]
+    assert float(w[mask].mean()) == pytest.approx(1.0, abs=1e-6)
+    assert torch.all(w[~valid] == 0) and torch.all(w[1] == 1.0)  # padding and pattern rows untouched
+    assert torch.allclose(w[mask], raw[mask] / raw[mask].mean())  # same ratios between rows
+    assert float(w[mask].std()) > 0.05
+    # a personalizer that scales every weight alike changes nothing after normalisation ...
+    with torch.no_grad():
+        p.net[2].weight.zero_()
+        p.net[2].bias.copy_(torch.tensor([2.0, -1.0]))
+    flat = position_weights(p, hidden, valid, source, codes, True, noise=False, normalize=True)
+    assert torch.allclose(flat[valid], torch.ones_like(flat[valid]))
+    # ... so the weighted loss is the unweighted one, and its gradient along that bias is 0
+    loss = torch.rand(3, 4)
+    p.net[2].bias.requires_grad_(True)
+    out = weighted_position_loss(loss, valid, position_weights(p, hidden, valid, source, codes, True, False, True))
+    assert float(out.detach()) == pytest.approx(float(loss[valid].mean()), rel=1e-6)
+    (g,) = torch.autograd.grad(out, [p.net[2].bias])
+    assert torch.allclose(g, torch.zeros_like(g), atol=1e-6)
+
+
+def test_summarize_weights_widens_the_bins_for_normalised_weights():
+    out = summarize_weights(np.array([0.2, 1.0, 1.8]), np.array([2, 2, 2]), (2,), bins=9)
+    assert out["regenerated"]["edges"][-1] == pytest.approx(1.8)
+    assert sum(out["regenerated"]["counts"]) == 3 and out["regenerated"]["counts"][-1] == 1

@@ -278,3 +278,38 @@ def test_epoch_loss_scale_reaches_the_weighted_loss(tiny, monkeypatch):
     w = torch.tensor([[0.5, 1.0], [1.0, 1.0]])
     assert float(weighted_position_loss(loss, valid, w)) == pytest.approx((0.5 + 2 + 3) / 3)
     assert float(weighted_position_loss(loss, valid, w, 10.0)) == pytest.approx((0.5 + 2 + 3) / 10)
+
+
+def test_adam_and_normalised_weights_train_and_resume(tiny, tmp_path):
+    split, rows = tiny
+    cfg = PersonalizerConfig.fixed(warmup_epochs=0, interval=2, meta_optimizer="adam", meta_lr=0.01, normalize=True)
+    full = train_personalized(rows, split.valid, split.test, NUM_ITEMS, _train_config("sasrec", 3), cfg)
+    assert full.meta["meta_steps"] > 0
+    # normalised: the applied weights average 1 over every weighted epoch
+    assert all(m == pytest.approx(1.0, abs=1e-4) for _, m in full.meta["epoch_weight_mean"])
+    regen = full.weights["regenerated"]
+    assert regen["mean"] == pytest.approx(1.0, abs=1e-4) and regen["std"] > 0
+    train_personalized(
+        rows, split.valid, split.test, NUM_ITEMS, _train_config("sasrec", 2), cfg, checkpoint_dir=tmp_path
+    )
+    resumed = train_personalized(
+        rows, split.valid, split.test, NUM_ITEMS, _train_config("sasrec", 3), cfg,
+        checkpoint_dir=tmp_path, resume=True,
+    )
+    assert resumed.meta["meta_steps"] == full.meta["meta_steps"]
+    for k, v in full.personalizer.state_dict().items():  # Adam's moments came back with the checkpoint
+        assert torch.allclose(v, resumed.personalizer.state_dict()[k], atol=1e-6), k
+
+
+def test_adam_moves_the_weights_further_than_sgd_at_the_same_rate(tiny):
+    split, rows = tiny
+    spread = {}
+    for opt in ("sgd", "adam"):
+        cfg = PersonalizerConfig.fixed(warmup_epochs=0, interval=2, meta_optimizer=opt, meta_lr=1e-3)
+        result = train_personalized(rows, split.valid, split.test, NUM_ITEMS, _train_config("sasrec", 2), cfg)
+        moved = [
+            float((result.personalizer_states["final"][k] - v).abs().max())
+            for k, v in result.personalizer_states["initial"].items()
+        ]
+        spread[opt] = max(moved)
+    assert spread["adam"] > 3 * spread["sgd"]
