@@ -67,7 +67,7 @@ from models.pipeline import (  # noqa: E402
 from models.progress import ProgressEvent  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from quality_table import arm_key  # noqa: E402
+from quality_table import arm_key, original_train_settings  # noqa: E402
 
 # DR4SR_QUALITY_RESULTS redirects the results folder (the harness's own tests use it);
 # per-user paths in the JSONL are relative to its grandparent (the project root by default)
@@ -174,7 +174,7 @@ def _original_for(rec: dict[str, Any], records: list[dict[str, Any]]) -> dict[st
             other["variant"] == "original" and other["dataset"] == rec["dataset"]
             and other["model"] == rec["model"] and other.get("loss", "bce") == rec["loss"]
             and other.get("seed") == rec["seed"] and other.get("bucket_chunk", 32) == rec["bucket_chunk"]
-            and (other.get("train_settings") or {}) == rec["train_settings"]
+            and original_train_settings(other.get("train_settings")) == original_train_settings(rec["train_settings"])
             and other.get("per_user") and (BASE / other["per_user"]).exists()
         ):
             return other
@@ -246,6 +246,7 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
         "epochs": report["epochs_run"],
         "best_epoch": report["best_epoch"],
         "loss_scale": report.get("loss_scale"),  # the scale used ('auto' resolved)
+        "finetune": report.get("finetune"),  # finetune='original': both phases and which was kept
         "seconds": round(time.perf_counter() - started, 1),
         "train_seconds": report["seconds"],
         "test": report["test"],

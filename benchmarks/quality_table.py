@@ -79,6 +79,15 @@ def arm_key(rec: dict[str, Any]) -> tuple:
     )
 
 
+def original_train_settings(settings: str | dict[str, Any] | None) -> str:
+    """The training settings an original run shares with an arm: ``finetune``
+    left out, because a second phase on the original rows changes nothing when
+    every row is original (the plain original run is that arm's baseline)."""
+    d = json.loads(settings) if isinstance(settings, str) else dict(settings or {})
+    d.pop("finetune", None)
+    return json.dumps(d, sort_keys=True)
+
+
 def _fmt(values: list[float]) -> str:
     if not values:
         return "–"
@@ -177,8 +186,9 @@ def render(records: list[dict[str, Any]], notes: str) -> str:
         dataset, model, loss, variant, profile, pprofile, ablation, settings, bucket, tag, psettings, tsettings = key
         runs = sorted(runs, key=lambda r: r["seed"])
         # the original arm with the same batching and training settings: the same tag if it has one
-        base_key = (dataset, model, loss, "original", None, None, "none", "{}", bucket, tag, "{}", tsettings)
-        base = arms.get(base_key) or arms.get((*base_key[:9], None, "{}", tsettings), [])
+        base_settings = original_train_settings(tsettings)
+        base_key = (dataset, model, loss, "original", None, None, "none", "{}", bucket, tag, "{}", base_settings)
+        base = arms.get(base_key) or arms.get((*base_key[:9], None, "{}", base_settings), [])
         pooled = pooled_test(runs, base) if variant != "original" and base else None
         per_seed = [
             f"s{r['seed']} {_p(r['p_vs_original']['t_p'])}" for r in runs if r.get("p_vs_original")

@@ -321,11 +321,15 @@ def train(
         "parameters": config.as_dict(),
         "best_epoch": result.best_epoch + 1,
         "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
+        "loss_scale": result.loss_scale,
         "seconds": round(result.seconds, 2),
         "valid": result.valid_metrics,
         "test": result.test_metrics,
         "history": result.history,
     }
+    if result.finetune is not None:
+        report["finetune"] = result.finetune
     if config.personalize:
         report["weights"] = result.weights
         report["personalizer"] = {"config": result.personalizer_config, "meta": result.meta}

@@ -30,7 +30,8 @@ in ``checkpoint_dir``; :func:`save_checkpoint` writes the final artefact.
 The trainer is split in three modules, one concern each: this one holds the
 epoch loop (:func:`train_model`), :mod:`models.training_checkpoint` the run's
 resumable state and its ``last.*`` files, :mod:`models.training_distributed`
-the ``world_size > 1`` data-parallel ranks. Every knob is a field of
+the ``world_size > 1`` data-parallel ranks (and :mod:`models.training_finetune`
+the ``finetune="original"`` second phase). Every knob is a field of
 :class:`models.config.TrainConfig`.
 """
 
@@ -97,6 +98,7 @@ class TrainResult:
     epochs_run: int = 0
     stopped_early: bool = False
     loss_scale: str = "batch"  # the loss scale used ('auto' resolved, see resolve_loss_scale)
+    finetune: dict[str, Any] | None = None  # finetune='original': both phases and which was kept
 
 
 # ---------------------------------------------------------------------------
@@ -131,6 +133,11 @@ def train_model(
         raise TrainingError("no training rows")
     if resume and checkpoint_dir is None:
         raise TrainingError("resume=True needs a checkpoint_dir")
+    if config.finetune != "none":
+        from models.training_finetune import train_then_finetune
+
+        return train_then_finetune(train, valid, test, num_items, config, progress, checkpoint_dir, resume,
+                                   model_hook, loss_fn, step_hook, model_ctx)
     device = resolve_device(config.device)
     if config.world_size > 1:
         return _train_distributed(

@@ -34,6 +34,9 @@ class TrainJobConfig(TrainConfig):
         if self.personalize and self.world_size > 1:
             raise _fail(("world_size",), "DR4SR+ (personalize) trains in one process: world_size must be 1",
                         self.world_size, type(self).__name__)
+        if self.finetune != "none" and self.personalize:
+            raise _fail(("finetune",), "a second phase on the original rows does not combine with DR4SR+ (personalize)",
+                        self.finetune, type(self).__name__)
         return self
 
     def personalizer_config(self) -> PersonalizerConfig:

@@ -75,6 +75,12 @@ class TrainConfig(_Config):
         "'auto' = 'epoch' when bucketing would give the pattern and regenerated rows more than 4x their share of "
         "target positions (dense logs: long original rows beside two-item rows), else 'batch'.",
     )
+    finetune: Literal["none", "original"] = Field(
+        "none",
+        description="'original': after early stopping, go on from the best weights on the original rows alone "
+        "(fresh Adam, its own early stopping) and keep whichever phase validates better; the synthetic rows' share "
+        "ends at zero. No effect on rows that are all original. One process only, not with DR4SR+.",
+    )
     monitor: str = Field("ndcg@20", pattern=r"^(ndcg|recall)@[1-9][0-9]*$", description="Validation metric for early stopping and the best epoch, e.g. ndcg@20 or recall@10.")
     item_chunk: Int | None = Field(None, ge=1, le=10_000_000, description="Items scored per evaluation chunk; null: sized to a fixed memory budget.")
     world_size: Int = Field(1, ge=1, le=64, description="Data-parallel training processes (torch.distributed, models/distributed.py); 1: this process only.")
@@ -93,6 +99,13 @@ class TrainConfig(_Config):
         if max_len is not None and max_len != self.max_len:
             raise _fail(("model_overrides", "max_len"), f"{max_len} disagrees with max_len {self.max_len}",
                         max_len, type(self).__name__)
+        return self
+
+    @model_validator(mode="after")
+    def _finetune_in_one_process(self) -> TrainConfig:
+        if self.finetune != "none" and self.world_size > 1:
+            raise _fail(("finetune",), "the second phase on the original rows trains in one process: world_size must be 1",
+                        self.finetune, type(self).__name__)
         return self
 
     def model_config_overrides(self) -> dict[str, Any]:
