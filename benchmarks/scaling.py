@@ -2,7 +2,7 @@
 on synthetic logs of growing size (issue 15).
 
 For each ``--users`` point a synthetic log is generated (``models.data.synthetic``,
-items = users / 4, patterns = users / 50, not timed) and every stage runs in
+items = users / 4 or a fixed ``--items``, patterns = users / 50, not timed) and every stage runs in
 its own fresh process, so each stage's peak RSS is its own (it includes
 loading that stage's inputs from the work folder, which is not timed):
 
@@ -263,23 +263,25 @@ def run_stage(stage: str, work: Path, args) -> dict:
 # -- driver ---------------------------------------------------------------------
 
 
-def generate(work: Path, users: int) -> None:
+def generate(work: Path, users: int, items: int | None = None) -> None:
     from models.data import synthetic
 
     if (work / "data.csv").is_file():
         return
     work.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    data = synthetic.generate(num_users=users, num_items=max(100, users // 4),
+    data = synthetic.generate(num_users=users, num_items=items or max(100, users // 4),
                               num_patterns=max(40, users // 50), seed=0)
     synthetic.write(work / "data.csv", data)
     log(f"generated {users} users in {time.perf_counter() - t:.0f}s")
 
 
 def run_point(users: int, args) -> dict:
-    work = Path(args.work) / f"u{users}"
-    generate(work, users)
+    work = Path(args.work) / (f"u{users}" if args.items is None else f"u{users}-i{args.items}")
+    generate(work, users, args.items)
     point: dict = {"users_requested": users, "stages": {}}
+    if args.items is not None:
+        point["items_requested"] = args.items
     for stage in (*STAGES, *EXTRA):
         if stage in args.skip:
             continue
@@ -375,6 +377,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--users", default="25000,100000,300000,1000000")
     ap.add_argument("--work", default="/tmp/dr4sr-scaling")
+    ap.add_argument("--items", type=int, default=None,
+                    help="one catalogue size for every point (default: users / 4, the catalogue grows with the log); "
+                         "separates the growth that comes from the log's length from the growth that comes from the "
+                         "catalogue")
     ap.add_argument("--steps", type=int, default=20, help="timed optimiser steps per epoch stage")
     ap.add_argument("--decode-users", type=int, default=1000)
     ap.add_argument("--eval-users", type=int, default=4096)
