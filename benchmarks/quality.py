@@ -302,7 +302,7 @@ def main() -> None:
     p.add_argument("--pretrain-epochs", type=int)
     p.add_argument("--epochs", type=int, default=1000)
     p.add_argument("--patience", type=int, default=20)
-    p.add_argument("--bucket-chunk", type=int, default=32,
+    p.add_argument("--bucket-chunk", type=int, default=TrainJobConfig.model_fields["bucket_chunk"].default,
                    help="Trainer length bucketing in chunks of this many batches (the trainer's default, 32); "
                         "0 = uniform shuffling, the reference's batching.")
     p.add_argument("--threads", type=int, default=None, help="torch threads for this process.")

@@ -88,6 +88,9 @@ def _pretrain_item_table(split: Split, num_items: int, config: RegenerationConfi
         max_len=config.max_len,
         world_size=config.world_size,
         valid_sample=config.valid_sample,
+        # the pre-training keeps length bucketing: every recorded regeneration was made with it,
+        # and uniform batches have been checked for the target model only (TrainConfig.bucket_chunk)
+        bucket_chunk=32,
     )
     result = train_model(split.train, split.valid, split.test, num_items, tc, _renamed(progress, "pretrain"))
     table = result.model.item_embeddings().detach().cpu()

@@ -66,7 +66,14 @@ class TrainConfig(_Config):
     ks: tuple[Annotated[int, Field(ge=1, le=1000)], ...] = Field((10, 20), min_length=1, description="Cut-offs of the reported Recall@k and NDCG@k.")
     max_len: Int = Field(50, ge=4, le=200, description="Window of the last max_len interactions per user; the model's position table.")
     num_threads: Int | None = Field(None, ge=1, le=1024, description="CPU threads for torch; null: torch's default.")
-    bucket_chunk: Int = Field(32, ge=0, le=100_000, description="Length bucketing inside chunks of this many batches (0: off).")
+    bucket_chunk: Int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="Length bucketing inside chunks of this many batches, a speed device (32: about 3x faster epochs on "
+        "Amazon Beauty's original rows); 0: uniform shuffling, as the reference. Off by default because it moved the numbers: "
+        "SASRec on Amazon Beauty, three seeds, test NDCG@20 0.0375 bucketed against 0.0392 uniform (paired p = 8e-4).",
+    )
     loss_scale: Literal["auto", "batch", "epoch"] = Field(
         "auto",
         description="A batch's loss: 'batch' = mean over its target positions (every batch weighs the same, as in "

@@ -117,18 +117,19 @@ def test_auto_picks_epoch_only_when_bucketing_would_overweight_short_synthetic_r
     assert synthetic_overweight(dense, transform) > OVERWEIGHT_LIMIT
     assert 1.0 < synthetic_overweight(sparse, transform) < OVERWEIGHT_LIMIT
     assert synthetic_overweight(original_only, transform) == 0.0
-    auto = TrainConfig()
-    assert auto.loss_scale == "auto"
+    auto = TrainConfig(bucket_chunk=32)  # 'auto' only matters under length bucketing
+    assert TrainConfig().loss_scale == "auto"
     assert resolve_loss_scale(auto, dense, transform) == "epoch"
     assert resolve_loss_scale(auto, sparse, transform) == "batch"
     assert resolve_loss_scale(auto, original_only, transform) == "batch"
-    # uniform batches weigh rows by their positions already; an explicit value wins
-    assert resolve_loss_scale(TrainConfig(bucket_chunk=0), dense, transform) == "batch"
-    assert resolve_loss_scale(TrainConfig(loss_scale="batch"), dense, transform) == "batch"
+    # uniform batches (the default) weigh rows by their positions already; an explicit value wins
+    assert TrainConfig().bucket_chunk == 0
+    assert resolve_loss_scale(TrainConfig(), dense, transform) == "batch"
+    assert resolve_loss_scale(TrainConfig(bucket_chunk=32, loss_scale="batch"), dense, transform) == "batch"
     assert resolve_loss_scale(TrainConfig(loss_scale="epoch"), sparse, transform) == "epoch"
 
 
 def test_the_run_reports_the_scale_it_used() -> None:
     valid = EvalRows(Sequences.from_lists([[1, 2, 3]] * 10), np.arange(1, 11) % N + 1, np.arange(1, 11))
-    cfg = TrainJobConfig(epochs=1, patience=1, device="cpu", batch_size=32)
+    cfg = TrainJobConfig(epochs=1, patience=1, device="cpu", batch_size=32, bucket_chunk=32)
     assert train_model(_mixed_rows(3), valid, valid, N, cfg.train_config()).loss_scale == "epoch"
