@@ -169,12 +169,13 @@ def _per_user_path(rec: dict[str, Any]) -> Path:
 
 def _original_for(rec: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The latest original run with the same dataset, model, loss, seed and batching."""
+    settings = original_train_settings(rec["train_settings"])
     for other in reversed(records):
         if (
             other["variant"] == "original" and other["dataset"] == rec["dataset"]
             and other["model"] == rec["model"] and other.get("loss", "bce") == rec["loss"]
             and other.get("seed") == rec["seed"] and other.get("bucket_chunk", 32) == rec["bucket_chunk"]
-            and original_train_settings(other.get("train_settings")) == original_train_settings(rec["train_settings"])
+            and original_train_settings(other.get("train_settings")) == settings
             and other.get("per_user") and (BASE / other["per_user"]).exists()
         ):
             return other

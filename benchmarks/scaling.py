@@ -245,9 +245,7 @@ def run_stage(stage: str, work: Path, args) -> dict:
 
         rows = split.train.concat(pattern_rows(_load_patterns(work)))
         keep = np.sort(np.random.default_rng(0).choice(len(rows), min(len(rows), args.dr4sr_rows), replace=False))
-        from models.data.sequences import TrainRows
-
-        rows = TrainRows(rows.seqs.take(keep), rows.source[keep], rows.user[keep])
+        rows = rows.take(keep)
         tc = TrainConfig(model="sasrec", epochs=2, patience=5, valid_sample=min(512, len(split.valid) // 2))
         # only the epoch seconds are read: the closing test ranks a small sample of users, not the
         # whole log (at 1M users x 217k items a full test would cost an hour per run here)

@@ -42,8 +42,7 @@ def train_then_finetune(
 ):
     from models.training import TrainingError, TrainResult, train_model
 
-    if config.world_size > 1:
-        raise TrainingError("finetune='original' trains in one process: world_size must be 1")
+    # world_size > 1 is refused by TrainConfig's own validation
     if loss_fn is not None or step_hook is not None:
         raise TrainingError("finetune='original' does not combine with a custom loss or step hook (DR4SR+)")
     plain = config.model_copy(update={"finetune": "none"})
@@ -64,7 +63,7 @@ def train_then_finetune(
 
     ctx = {"train": train} if model_ctx is None else model_ctx  # the same model (GNN's graph) in both phases
     second = train_model(
-        _rows(train, original), valid, test, num_items, plain, shifted,
+        train.take(np.flatnonzero(original)), valid, test, num_items, plain, shifted,
         None if checkpoint_dir is None else Path(checkpoint_dir) / "finetune", resume,
         start_from_first, None, None, ctx,
     )
@@ -93,7 +92,3 @@ def train_then_finetune(
         },
     )
 
-
-def _rows(train: TrainRows, keep) -> TrainRows:
-    index = np.flatnonzero(keep)
-    return TrainRows(train.seqs.take(index), train.source[index], train.user[index])

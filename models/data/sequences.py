@@ -162,6 +162,11 @@ class TrainRows:
     def counts(self) -> dict[str, int]:
         return {s.label: int((self.source == s).sum()) for s in RowSource}
 
+    def take(self, index: np.ndarray) -> TrainRows:
+        """Rows ``index`` (any order) as new training rows."""
+        index = np.asarray(index, dtype=np.int64)
+        return TrainRows(self.seqs.take(index), self.source[index], self.user[index])
+
     def without_pad(self) -> TrainRows:
         """Rows with the pad id removed, for export in original ids.
 
@@ -176,7 +181,7 @@ class TrainRows:
         lengths = np.bincount(row_of[keep_item], minlength=len(self))
         seqs = Sequences.from_lengths(self.seqs.items[keep_item], lengths)
         rows = np.flatnonzero(lengths >= 2)
-        return TrainRows(seqs.take(rows), self.source[rows], self.user[rows])
+        return TrainRows(seqs, self.source, self.user).take(rows)
 
 
 @dataclass(frozen=True)

@@ -190,7 +190,8 @@ def collect_weights(
     if not weights:
         return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.uint8)
     w, src = np.concatenate(weights), np.concatenate(sources)
-    personalised = np.isin(src, list(weighted_codes))
-    if normalize and personalised.any():
-        w[personalised] /= max(float(w[personalised].mean()), np.finfo(np.float32).tiny)
+    if normalize:
+        personalised = np.isin(src, list(weighted_codes))
+        if personalised.any():
+            w[personalised] /= max(float(w[personalised].mean()), np.finfo(np.float32).tiny)
     return w, src

@@ -145,17 +145,23 @@ def test_phi_moves_only_through_meta_steps_in_bilevel(tiny):
         assert torch.equal(v, result.personalizer_states["final"][k]), k
 
 
-def test_resume_continues_like_an_uninterrupted_run(tiny, tmp_path):
-    split, rows = tiny
-    cfg = PersonalizerConfig.parity(warmup_epochs=0, interval=2, meta_lr=0.05)
+def _full_and_resumed(split, rows, cfg, checkpoint_dir):
+    """A 3-epoch run, and the same run stopped after 2 epochs then resumed to 3."""
     full = train_personalized(rows, split.valid, split.test, NUM_ITEMS, _train_config("sasrec", 3), cfg)
     train_personalized(
-        rows, split.valid, split.test, NUM_ITEMS, _train_config("sasrec", 2), cfg, checkpoint_dir=tmp_path
+        rows, split.valid, split.test, NUM_ITEMS, _train_config("sasrec", 2), cfg, checkpoint_dir=checkpoint_dir
     )
     resumed = train_personalized(
         rows, split.valid, split.test, NUM_ITEMS, _train_config("sasrec", 3), cfg,
-        checkpoint_dir=tmp_path, resume=True,
+        checkpoint_dir=checkpoint_dir, resume=True,
     )
+    return full, resumed
+
+
+def test_resume_continues_like_an_uninterrupted_run(tiny, tmp_path):
+    split, rows = tiny
+    cfg = PersonalizerConfig.parity(warmup_epochs=0, interval=2, meta_lr=0.05)
+    full, resumed = _full_and_resumed(split, rows, cfg, tmp_path)
     assert resumed.meta["meta_steps"] == full.meta["meta_steps"]
     assert np.allclose(resumed.meta["epoch_weight_mean"], full.meta["epoch_weight_mean"])
     for k, v in full.personalizer.state_dict().items():
@@ -283,19 +289,12 @@ def test_epoch_loss_scale_reaches_the_weighted_loss(tiny, monkeypatch):
 def test_adam_and_normalised_weights_train_and_resume(tiny, tmp_path):
     split, rows = tiny
     cfg = PersonalizerConfig.fixed(warmup_epochs=0, interval=2, meta_optimizer="adam", meta_lr=0.01, normalize=True)
-    full = train_personalized(rows, split.valid, split.test, NUM_ITEMS, _train_config("sasrec", 3), cfg)
+    full, resumed = _full_and_resumed(split, rows, cfg, tmp_path)
     assert full.meta["meta_steps"] > 0
     # normalised: the applied weights average 1 over every weighted epoch
     assert all(m == pytest.approx(1.0, abs=1e-4) for _, m in full.meta["epoch_weight_mean"])
     regen = full.weights["regenerated"]
     assert regen["mean"] == pytest.approx(1.0, abs=1e-4) and regen["std"] > 0
-    train_personalized(
-        rows, split.valid, split.test, NUM_ITEMS, _train_config("sasrec", 2), cfg, checkpoint_dir=tmp_path
-    )
-    resumed = train_personalized(
-        rows, split.valid, split.test, NUM_ITEMS, _train_config("sasrec", 3), cfg,
-        checkpoint_dir=tmp_path, resume=True,
-    )
     assert resumed.meta["meta_steps"] == full.meta["meta_steps"]
     for k, v in full.personalizer.state_dict().items():  # Adam's moments came back with the checkpoint
         assert torch.allclose(v, resumed.personalizer.state_dict()[k], atol=1e-6), k
