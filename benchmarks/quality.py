@@ -247,6 +247,7 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
         "epochs": report["epochs_run"],
         "best_epoch": report["best_epoch"],
         "loss_scale": report.get("loss_scale"),  # the scale used ('auto' resolved)
+        "forward_slices": cfg.forward_slices,  # exact (same gradients): not part of the arm
         "finetune": report.get("finetune"),  # finetune='original': both phases and which was kept
         "seconds": round(time.perf_counter() - started, 1),
         "train_seconds": report["seconds"],
@@ -304,8 +305,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1000)
     p.add_argument("--patience", type=int, default=20)
     p.add_argument("--bucket-chunk", type=int, default=TrainJobConfig.model_fields["bucket_chunk"].default,
-                   help="Trainer length bucketing in chunks of this many batches (the trainer's default, 32); "
-                        "0 = uniform shuffling, the reference's batching.")
+                   help="Trainer length bucketing in chunks of this many batches; 0 (the trainer's default) = "
+                        "uniform shuffling, the reference's batching.")
     p.add_argument("--threads", type=int, default=None, help="torch threads for this process.")
     p.add_argument("--device", default="auto")
     p.add_argument("--tag", default=None, help="Label for an experiment arm (kept in the record).")

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -170,6 +171,10 @@ class SequentialRecommender(nn.Module):
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[RecommenderConfig]] = RecommenderConfig
+    #: training losses run the forward over this many length-sorted slices of
+    #: the batch (:func:`sliced_forward`); the trainer sets it from
+    #: ``TrainConfig.forward_slices``
+    forward_slices: int = 1
 
     def __init__(self, num_items: int, config: RecommenderConfig) -> None:
         super().__init__()
@@ -210,14 +215,17 @@ class SequentialRecommender(nn.Module):
         return torch.randint(1, self.num_items + 1, target.shape, device=target.device)
 
     def position_losses(self, batch: Batch, loss: LossName = "bce") -> PositionLoss:
-        h = self(batch)  # (B, T, d)
+        h = sliced_forward(self, batch, self.forward_slices)  # (B, T, d)
         valid = batch.target != 0  # (B, T)
         table = self.item_embeddings()  # (N + 1, d)
         if loss == "bce":
+            negatives = self.sample_negatives(batch.target)  # (B, T): drawn for every slot, as always
+            # scored only at valid positions (the gather and its sparse backward skip the padding),
             # one gather for positives and negatives: one sparse backward instead of two
-            ids = torch.stack([batch.target, self.sample_negatives(batch.target)], -1)  # (B, T, 2)
-            scores = (h.unsqueeze(-2) * table[ids]).sum(-1)  # (B, T, 2)
-            per = F.softplus(-scores[..., 0]) + F.softplus(scores[..., 1])
+            ids = torch.stack([batch.target[valid], negatives[valid]], -1)  # (V, 2)
+            scores = (h[valid].unsqueeze(-2) * table[ids]).sum(-1)  # (V, 2)
+            per = torch.zeros(valid.shape, dtype=h.dtype, device=h.device)
+            per[valid] = F.softplus(-scores[:, 0]) + F.softplus(scores[:, 1])
         elif loss == "ce":
             # full softmax only over valid positions: (V, N + 1) instead of (B, T, N + 1)
             logits = h[valid] @ table.T  # (V, N + 1)
@@ -254,3 +262,64 @@ class SequentialRecommender(nn.Module):
     def extra_config(self) -> dict[str, Any]:
         """Data-derived settings a checkpoint must record to rebuild the model."""
         return {}
+
+
+def slice_bounds(sorted_lengths: np.ndarray, slices: int) -> list[int]:
+    """Where to cut rows sorted by length into at most ``slices`` contiguous
+    slices so that the padded area (rows x longest row, summed over slices) is
+    smallest: the end offset of every slice, the last one ``len(sorted_lengths)``.
+
+    Rows of equal length never need to be parted, so the dynamic programme runs
+    over the distinct lengths (at most ``max_len``), not over the rows.
+    """
+    values, counts = np.unique(np.asarray(sorted_lengths), return_counts=True)
+    ends = np.cumsum(counts)  # rows with length <= values[j]
+    u = len(values)
+    best = (ends * values).astype(np.float64)  # one slice over the lengths up to values[j]
+    cols = np.arange(u)
+    earlier = np.tril(np.ones((u, u), dtype=bool))  # [i, j]: i >= j cannot end the previous slice
+    choices = []  # per extra slice: the previous slice's last length index, or -1 (no gain)
+    for _ in range(1, min(slices, u)):
+        cand = best[:, None] + ((ends[None, :] - ends[:, None]) * values[None, :]).astype(np.float64)
+        cand[earlier] = np.inf
+        i = cand.argmin(0)
+        better = cand[i, cols] < best
+        choices.append(np.where(better, i, -1))
+        best = np.where(better, cand[i, cols], best)
+    bounds, j = [], u - 1
+    for choice in reversed(choices):
+        if choice[j] >= 0:
+            bounds.append(int(ends[j]))
+            j = int(choice[j])
+    bounds.append(int(ends[j]))
+    return sorted(bounds)
+
+
+def sliced_forward(model: nn.Module, batch: Batch, slices: int) -> Tensor:
+    """``model(batch)`` (B, T, d), computed over at most ``slices`` slices of the
+    batch's rows sorted by length, each only as wide as its own longest row, cut
+    where they pad least (:func:`slice_bounds`).
+
+    The batch is the same uniformly drawn set of rows and the result the same
+    tensor: a right-padded row's outputs do not depend on how much padding
+    follows it (every dynamic-width model is causal, or masks its padding), so
+    only the work on padding columns is saved. In a batch of uniformly drawn
+    rows most rows are far shorter than its longest, which sets the padded
+    width of all of them. Dropout masks are drawn per slice, so in training
+    mode the random draws differ from the one-piece forward, not their law.
+    Left-padded (fixed-width) batches run in one piece.
+    """
+    n = len(batch)
+    if slices <= 1 or n < 2 or batch.left_padded:
+        return model(batch)
+    order = torch.argsort(batch.lengths, stable=True)
+    sorted_lengths = batch.lengths[order].cpu().numpy()
+    width = batch.input.shape[1]
+    parts, start = [], 0
+    for end in slice_bounds(sorted_lengths, slices):
+        rows = order[start:end]
+        w = max(int(sorted_lengths[end - 1]), 1)
+        sub = Batch(batch.input[rows, :w], batch.target[rows, :w], batch.lengths[rows], batch.source[rows], batch.row[rows])
+        parts.append(F.pad(model(sub), (0, 0, 0, width - w)))
+        start = end
+    return torch.cat(parts)[torch.argsort(order)]  # back to the batch's row order
