@@ -42,9 +42,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from personalizer_cost import standin_regenerated  # noqa: E402
+from personalizer_cost import read_sequences, standin_regenerated  # noqa: E402
 
-from models.data.sequences import Sequences  # noqa: E402
 from models.data.split import leave_one_out  # noqa: E402
 
 
@@ -53,13 +52,7 @@ def log(msg: str) -> None:
 
 
 def load(args: argparse.Namespace):
-    rows = []
-    with open(args.dataset) as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) > 1:
-                rows.append([int(x) for x in parts[1:]])
-    seqs = Sequences.from_lists(rows)
+    seqs = read_sequences(args.dataset)
     split = leave_one_out(seqs, max_len=args.max_len)
     train = split.train
     info = {"original_rows": len(train), "pattern_rows": 0, "regenerated_rows": 0}

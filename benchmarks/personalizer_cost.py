@@ -55,15 +55,19 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def load(args: argparse.Namespace) -> tuple[Split, TrainRows, int, dict]:
+def read_sequences(path: str) -> Sequences:
     """One line per user: ``user item item ...`` (already 5-core, chronological)."""
     rows = []
-    with open(args.dataset) as f:
+    with open(path) as f:
         for line in f:
             parts = line.split()
             if len(parts) > 1:
                 rows.append([int(x) for x in parts[1:]])
-    seqs = Sequences.from_lists(rows)
+    return Sequences.from_lists(rows)
+
+
+def load(args: argparse.Namespace) -> tuple[Split, TrainRows, int, dict]:
+    seqs = read_sequences(args.dataset)
     split = leave_one_out(seqs, max_len=args.max_len)
     train, info = split.train, {"original_rows": len(split.train), "pattern_rows": 0, "regenerated_rows": 0}
     if args.patterns:
