@@ -190,7 +190,7 @@ def p_vs_original(rec: dict[str, Any], records: list[dict[str, Any]]) -> dict[st
     theirs = np.load(BASE / base["per_user"])["ndcg@20"]
     test = paired_significance(ours.astype(np.float64), theirs.astype(np.float64))
     return {"metric": "ndcg@20", "t_p": test["t_p"], "wilcoxon_p": test["wilcoxon_p"],
-            "mean_diff": test["mean_diff"], "n": int(test["n"])}
+            "mean_diff": test["mean_diff"], "n": int(test["n"]), "original": base["per_user"]}
 
 
 def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed: int,

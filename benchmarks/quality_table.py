@@ -130,6 +130,32 @@ def pooled_test(ours: list[dict], base: list[dict]) -> dict[str, Any] | None:
     }
 
 
+def paired_originals(runs: list[dict], records: list[dict]) -> list[dict]:
+    """The original runs an arm's seeds were paired with when they were recorded
+    (``p_vs_original.original``; for older records, the latest original recorded
+    before the run with the same dataset, model, loss, seed, batching and
+    training settings, which is what ``quality.py`` pairs with)."""
+    by_path = {r.get("per_user"): r for r in records if r["variant"] == "original" and r.get("per_user")}
+    out = []
+    for run in runs:
+        ref = (run.get("p_vs_original") or {}).get("original")
+        if ref in by_path:
+            out.append(by_path[ref])
+            continue
+        settings = original_train_settings(run.get("train_settings"))
+        before = records[: next((i for i, r in enumerate(records) if r is run), len(records))]
+        for other in reversed(before):
+            if (other["variant"] == "original" and other["dataset"] == run["dataset"]
+                    and other["model"] == run["model"] and other.get("loss", "bce") == run.get("loss", "bce")
+                    and other.get("seed") == run["seed"]
+                    and other.get("bucket_chunk", 32) == run.get("bucket_chunk", 32)
+                    and original_train_settings(other.get("train_settings")) == settings
+                    and other.get("per_user")):
+                out.append(other)
+                break
+    return out
+
+
 def _p(value: float | None) -> str:
     if value is None:
         return "–"
@@ -189,6 +215,11 @@ def render(records: list[dict[str, Any]], notes: str) -> str:
         base_settings = original_train_settings(tsettings)
         base_key = (dataset, model, loss, "original", None, None, "none", "{}", bucket, tag, "{}", base_settings)
         base = arms.get(base_key) or arms.get((*base_key[:9], None, "{}", base_settings), [])
+        base_note = ""
+        if not base and variant != "original":
+            base = paired_originals(runs, current)
+            tags = sorted({str(r.get("tag")) for r in base})
+            base_note = f" vs tag {', '.join(tags)}" if base else ""
         pooled = pooled_test(runs, base) if variant != "original" and base else None
         per_seed = [
             f"s{r['seed']} {_p(r['p_vs_original']['t_p'])}" for r in runs if r.get("p_vs_original")
@@ -219,7 +250,7 @@ def render(records: list[dict[str, Any]], notes: str) -> str:
                 _fmt([r["test"]["ndcg@10"] for r in runs]),
                 f"{paper[0]:.4f}" if paper else "–",
                 f"{early}/{len(runs)}",
-                (f"{_p(pooled['t_p'])} (W {_p(pooled['w_p'])})" if pooled else "–"),
+                (f"{_p(pooled['t_p'])} (W {_p(pooled['w_p'])}){base_note}" if pooled else "–"),
                 "; ".join(per_seed) or "–",
                 _weights(runs) if variant == "dr4sr+" else "",
                 ",".join(str(r["epochs"]) for r in runs),

@@ -54,6 +54,8 @@ def test_every_run_is_one_complete_jsonl_line(recorded):
         p = r["p_vs_original"]
         assert p["metric"] == "ndcg@20" and 0.0 <= p["t_p"] <= 1.0 and p["n"] > 100
         assert r["regeneration"]["shared_by_seeds"]
+    # each DR4SR run names the original run it was paired with: the same seed's
+    assert [r["p_vs_original"]["original"] for r in records[1::2]] == [r["per_user"] for r in records[0::2]]
     # one regeneration served both seeds
     assert records[1]["regeneration"]["folder"] == records[3]["regeneration"]["folder"]
 
@@ -75,3 +77,34 @@ def test_the_table_is_generated_with_pooled_significance(recorded):
     cells = [c.strip() for c in dr4sr.split("|")]
     assert cells[12] != "–" and "(W " in cells[12]  # pooled paired test over both seeds
     assert cells[13].startswith("s1 ") and "s2 " in cells[13]
+
+
+def _table_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quality_table", ROOT / "benchmarks" / "quality_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(variant, seed, tag=None, bucket=0, per_user=None, paired=None):
+    rec = {"dataset": "d.txt", "model": "sasrec", "variant": variant, "loss": "bce", "seed": seed,
+           "bucket_chunk": bucket, "tag": tag, "train_settings": {}, "per_user": per_user}
+    if paired is not None:
+        rec["p_vs_original"] = {"original": paired}
+    return rec
+
+
+def test_an_untagged_arm_is_pooled_against_the_originals_it_was_paired_with():
+    table = _table_module()
+    old = _run("original", 1, tag="a", per_user="o1a")
+    new = _run("original", 1, tag="b", per_user="o1b")
+    other_batching = _run("original", 1, tag="c", bucket=32, per_user="o1c")
+    named = _run("dr4sr", 1, paired="o1a")  # recorded with its pairing: that one, even if older
+    unnamed = _run("dr4sr", 1)  # an older record: the latest original before it with the same batching
+    later = _run("original", 1, tag="d", per_user="o1d")
+    records = [old, new, other_batching, named, unnamed, later]
+    assert table.paired_originals([named], records) == [old]
+    assert table.paired_originals([unnamed], records) == [new]
+    assert table.paired_originals([_run("dr4sr", 2)], records) == []  # no original for seed 2
