@@ -61,6 +61,8 @@ from models.pipeline import (  # noqa: E402
     RegenerationConfig,
     TrainJobConfig,
     load_rows,
+    redecode,
+    redecode_mismatch,
     regenerate,
     train,
 )
@@ -126,6 +128,20 @@ def _regen_key(dataset: Path, settings: dict[str, Any]) -> str:
     return f"{dataset.stem}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
 
 
+def _decodable_from(dataset_path: Path, config: RegenerationConfig) -> Path | None:
+    """A cached regeneration of this dataset made by the same training, whose
+    regenerator can be decoded again under ``config`` (the first one that
+    regenerated from scratch, so that chains of re-decodes share one root)."""
+    for folder in sorted(REGEN_CACHE.glob(f"{dataset_path.stem}-*")):
+        made = folder / "config.json"
+        if not folder.is_dir() or not made.exists() or not (folder / "regenerator").is_dir():
+            continue
+        stats = json.loads((folder / "stats.json").read_text())
+        if "redecoded_from" not in stats and redecode_mismatch(json.loads(made.read_text()), config) is None:
+            return folder
+    return None
+
+
 def regenerated_rows(dataset_path: Path, dataset, settings: dict[str, Any], device: str):
     """The cached regeneration for these settings, made once under a file lock."""
     folder = REGEN_CACHE / _regen_key(dataset_path, settings)
@@ -133,9 +149,14 @@ def regenerated_rows(dataset_path: Path, dataset, settings: dict[str, Any], devi
     with open(folder.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits for the first's regeneration
         if not (folder / "regenerated.npz").exists():
-            _log(f"regenerating {dataset_path.name} with {settings} -> {folder}")
             config = RegenerationConfig(device=device, **settings)
-            regenerate(dataset, config, folder, _progress(f"regen {dataset_path.stem}"))
+            trained = _decodable_from(dataset_path, config)
+            if trained is not None:  # only decoding or assembly differs: reuse its regenerator
+                _log(f"decoding {trained} again with {settings} -> {folder}")
+                redecode(dataset, config, trained, folder, _progress(f"redecode {dataset_path.stem}"))
+            else:
+                _log(f"regenerating {dataset_path.name} with {settings} -> {folder}")
+                regenerate(dataset, config, folder, _progress(f"regen {dataset_path.stem}"))
     stats = json.loads((folder / "stats.json").read_text())
     made_with = json.loads((folder / "config.json").read_text())["regeneration"]
     return load_rows(folder / "regenerated.npz"), stats, made_with, folder
@@ -257,6 +278,7 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
         "regeneration": None if regen_stats is None else {
             "folder": str(regen_folder.relative_to(BASE)),
             "timings": regen_stats.get("timings"),
+            "redecoded_from": regen_stats.get("redecoded_from") and str(Path(regen_stats["redecoded_from"]).name),
             "shared_by_seeds": True,
         },
         "commit": _commit(),

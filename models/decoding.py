@@ -61,6 +61,12 @@ class Decoded:
     def __len__(self) -> int:
         return len(self.seqs)
 
+    def take(self, index: np.ndarray) -> Decoded:
+        """The decodes at ``index`` (their sources kept whole)."""
+        index = np.asarray(index, dtype=np.int64)
+        return Decoded(self.seqs.take(index), self.user[index], self.memory[index], self.source_index[index],
+                       self.sources, self.num_items)
+
 
 def generative_schedule(n_rows: int, config: RegeneratorConfig) -> np.ndarray:
     """(n_rows, max_decode_len - 1) bool: True where decode step i of row r is

@@ -205,6 +205,13 @@ def regenerate(
         stats["composition"], beta_set=not adaptive, patterns_only=config.ablation == "patterns_only"
     )
 
+    _write_regeneration(out_dir, rows, pat_rows, stats, config, reg_cfg, regenerator, dataset.name)
+    return RegenerationOutcome(rows=rows, stats=stats, out_dir=out_dir)
+
+
+def _write_regeneration(out_dir: Path, rows: TrainRows, pat_rows: TrainRows, stats: dict[str, Any],
+                        config: RegenerationConfig, reg_cfg, regenerator, name: str) -> None:
+    """Publish a regeneration folder atomically (everything or nothing)."""
     tmp = _atomic_dir(out_dir)
     try:
         save_rows(tmp / "regenerated.npz", rows)
@@ -212,7 +219,7 @@ def regenerate(
         _write_json(tmp / "stats.json", stats)
         from models.reports import render_regeneration_html
 
-        (tmp / "report.html").write_text(render_regeneration_html(stats, f"DR4SR regeneration of {dataset.name}"))
+        (tmp / "report.html").write_text(render_regeneration_html(stats, f"DR4SR regeneration of {name}"))
         _write_json(
             tmp / "config.json",
             {"regeneration": config.model_dump(mode="json"), "regenerator": reg_cfg.to_dict(), "code_version": _code_version()},
@@ -225,6 +232,86 @@ def regenerate(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+#: Regenerator settings that act only after training (decoding and assembly):
+#: a trained regenerator can be decoded again under other values of these.
+DECODE_SETTINGS = frozenset(
+    {"max_decode_len", "restrictive_steps", "decode_policy", "gamma", "emit_pad", "drop_last_token",
+     "original_rows", "order", "device"}
+)
+
+
+def redecode_mismatch(made_with: dict[str, Any], config: RegenerationConfig) -> str | None:
+    """Why the regeneration folder whose ``config.json`` is ``made_with`` cannot
+    be decoded again under ``config`` (None when it can): every setting that
+    shapes mining, pairing, pre-training or the regenerator's training must be
+    equal; only :data:`DECODE_SETTINGS` may differ."""
+    old_reg = dict(made_with.get("regenerator") or {})
+    new_reg = config.regenerator_config().to_dict()
+    differ = sorted(k for k in set(old_reg) | set(new_reg)
+                    if old_reg.get(k) != new_reg.get(k) and k not in DECODE_SETTINGS)
+    if differ:
+        return f"the regenerator was trained with other {', '.join(differ)}"
+    old_top = {k: v for k, v in (made_with.get("regeneration") or {}).items() if k not in ("regenerator", "device", "profile")}
+    new_top = {k: v for k, v in config.model_dump(mode="json").items() if k not in ("regenerator", "device", "profile")}
+    differ = sorted(k for k in set(old_top) | set(new_top) if old_top.get(k) != new_top.get(k))
+    if differ:
+        return f"the regeneration was made with other {', '.join(differ)}"
+    if config.ablation == "patterns_only":
+        return "a patterns_only regeneration decodes nothing"
+    return None
+
+
+def redecode(
+    dataset: PreparedDataset,
+    config: RegenerationConfig,
+    from_dir: Path | str,
+    out_dir: Path | str,
+    progress: Progress = no_progress,
+) -> RegenerationOutcome:
+    """Decode and assemble again with an earlier regeneration's trained
+    regenerator and patterns, under ``config``'s decoding and assembly settings
+    (:data:`DECODE_SETTINGS`); minutes instead of the regenerator's training.
+    Everything else must equal what ``from_dir`` was made with, on the same
+    dataset, or :class:`ValueError` says what differs. Writes a complete
+    regeneration folder into ``out_dir``; its ``stats.json`` names ``from_dir``."""
+    from models.composition import composition, composition_warnings
+    from models.decoding import decode
+    from models.regenerated import assemble
+    from models.regenerator import load_regenerator
+
+    from_dir, out_dir = Path(from_dir), Path(out_dir)
+    made_with = json.loads((from_dir / "config.json").read_text())
+    why = redecode_mismatch(made_with, config)
+    if why:
+        raise ValueError(f"cannot decode {from_dir} again: {why}")
+    old_stats = json.loads((from_dir / "stats.json").read_text())
+    same_data = ("users", "items", "interactions")
+    made_from = old_stats.get("dataset", {})
+    if any(made_from.get(k) != dataset.stats.get(k) for k in same_data):
+        shape = ", ".join(f"{k} {made_from.get(k)}" for k in same_data)
+        raise ValueError(f"cannot decode {from_dir} again: it was made from another dataset ({shape})")
+    split = dataset.split(config.max_len)
+    pat_rows = load_rows(from_dir / "patterns.npz")
+    reg_cfg = config.regenerator_config()
+    device = None if reg_cfg.device == "auto" else reg_cfg.device
+    regenerator = load_regenerator(from_dir / "regenerator", device=device)
+    t0 = time.perf_counter()
+    decoded = decode(regenerator, split.pair_source, reg_cfg, progress=progress)
+    decode_s = round(time.perf_counter() - t0, 3)
+    assembled = assemble(split.train, pat_rows, decoded, reg_cfg)
+    rows = assembled.rows
+    stats: dict[str, Any] = {k: old_stats[k] for k in ("patterns", "pretrain") if k in old_stats}
+    stats["regenerated"] = assembled.stats
+    stats["timings"] = {**old_stats.get("timings", {}), "decode_s": decode_s}
+    stats["redecoded_from"] = str(from_dir)
+    stats["dataset"] = dict(dataset.stats)
+    stats["rows"] = rows.counts()
+    stats["composition"] = composition(rows, len(split.train))
+    stats["warnings"] = composition_warnings(stats["composition"], beta_set=config.beta is not None,
+                                             patterns_only=False)
+    _write_regeneration(out_dir, rows, pat_rows, stats, config, reg_cfg, regenerator, dataset.name)
     return RegenerationOutcome(rows=rows, stats=stats, out_dir=out_dir)
 
 

@@ -175,16 +175,58 @@ def _generative_share(seqs: Sequences, sources: Sequences, source_row: np.ndarra
     return float(1.0 - np.isin(keys, src_keys).mean())
 
 
+def in_source_order(seqs: Sequences, sources: Sequences, source_row: np.ndarray) -> np.ndarray:
+    """(len(seqs),) bool: row i's items that occur in ``sources[source_row[i]]``
+    occur there in the same order, i.e. they form a subsequence of it (items
+    absent from the source, such as generated ones or pads, are skipped).
+
+    A greedy match, vectorised over rows: step j moves each row's pointer to
+    the first occurrence of its j-th item after the previous match (the
+    earliest match is optimal for subsequence tests)."""
+    n = len(seqs)
+    ok = np.ones(n, dtype=bool)
+    if n == 0 or len(sources.items) == 0:
+        return ok
+    source_row = np.asarray(source_row, dtype=np.int64)
+    width = int(sources.lengths.max()) + 1
+    vocab = int(max(seqs.items.max(initial=0), sources.items.max(initial=0))) + 1
+    src_of = np.repeat(np.arange(len(sources), dtype=np.int64), sources.lengths)
+    pos = np.arange(len(sources.items), dtype=np.int64) - np.repeat(sources.offsets[:-1], sources.lengths)
+    keys = src_of * vocab + sources.items.astype(np.int64)  # (source, item)
+    located = np.sort(keys * width + pos)  # every occurrence, by (source, item, position)
+    pointer = np.full(n, -1, dtype=np.int64)
+    lengths = seqs.lengths
+    for j in range(int(lengths.max(initial=0))):
+        rows = np.flatnonzero(ok & (lengths > j))
+        if len(rows) == 0:
+            break
+        key = source_row[rows] * vocab + seqs.items[seqs.offsets[rows] + j].astype(np.int64)
+        first = np.searchsorted(located, key * width)  # the item's first occurrence in the source
+        present = (first < len(located)) & (located[np.minimum(first, len(located) - 1)] // width == key)
+        after = np.searchsorted(located, key * width + pointer[rows] + 1)
+        found = (after < len(located)) & (located[np.minimum(after, len(located) - 1)] // width == key)
+        ok[rows[present & ~found]] = False  # in the source, but only before the previous match
+        moved = rows[found]
+        pointer[moved] = located[after[found]] % width
+    return ok
+
+
 def assemble(original: TrainRows, patterns: TrainRows, decoded: Decoded,
              config: RegeneratorConfig) -> RegeneratedData:
     """The regenerated training rows and statistics (spec §5.3-5.4)."""
     _require_source(original, RowSource.ORIGINAL, "original")
     _require_source(patterns, RowSource.PATTERN, "pattern")
     stripped = strip_decodes(decoded, config.drop_last_token)
+    ordered = in_source_order(stripped, decoded.sources, decoded.source_index)
+    out_of_order = int((~ordered & (stripped.lengths >= 2)).sum())
+    chosen = decoded
+    if config.order == "source":
+        keep = np.flatnonzero(ordered)
+        chosen, stripped = decoded.take(keep), stripped.take(keep)
     unique = first_unique(stripped)
     kept = unique[stripped.lengths[unique] >= 2]
     seqs = stripped.take(kept)
-    regen = TrainRows.build(seqs, RowSource.REGENERATED, decoded.user[kept])
+    regen = TrainRows.build(seqs, RowSource.REGENERATED, chosen.user[kept])
     rows = original.concat(patterns)
     if config.original_rows == "twice":
         rows = rows.concat(original)
@@ -193,20 +235,22 @@ def assemble(original: TrainRows, patterns: TrainRows, decoded: Decoded,
     ended_eos = _ends_with_eos(decoded)
     row_of = np.repeat(np.arange(len(seqs)), seqs.lengths)
     lengths, counts = np.unique(seqs.lengths, return_counts=True)
-    memories, per_memory = np.unique(decoded.memory[kept], return_counts=True)
+    memories, per_memory = np.unique(chosen.memory[kept], return_counts=True)
     stats = {
         "rows": rows.counts(),
         "original_copies": 2 if config.original_rows == "twice" else 1,
         "decoded": int(len(decoded)),
         "decodes_ended_with_eos": int(ended_eos.sum()),
         "decodes_hit_length_cap": int((~ended_eos).sum()),
+        "order": config.order,
+        "decodes_out_of_source_order": out_of_order,
         "duplicates_removed": int(len(stripped) - len(unique)),
         "dropped_short": int(len(unique) - len(kept)),
         "regenerated": int(len(kept)),
         "length_histogram": {int(k): int(v) for k, v in zip(lengths, counts, strict=True)},
         "mean_length": float(seqs.lengths.mean()) if len(kept) else 0.0,
         "rows_with_pad": int(len(np.unique(row_of[seqs.items == 0]))),
-        "generative_share": _generative_share(seqs, decoded.sources, decoded.source_index[kept],
+        "generative_share": _generative_share(seqs, decoded.sources, chosen.source_index[kept],
                                               decoded.num_items + 3),
         "memories_used": int(len(memories)),
         "rows_per_memory": {int(k): int(v) for k, v in zip(memories, per_memory, strict=True)},

@@ -14,7 +14,7 @@ from models.config import describe_error
 from models.data.preprocess import prepare
 from models.data.sequences import RowSource, load_rows
 from models.data.synthetic import generate, write
-from models.pipeline import RegenerationConfig, TrainJobConfig, compare, regenerate, train
+from models.pipeline import RegenerationConfig, TrainJobConfig, compare, redecode, regenerate, train
 from models.progress import Cancelled, ProgressEvent
 
 
@@ -186,3 +186,33 @@ def test_no_diversity_ablation_trains_a_single_memory_regenerator(dataset, tmp_p
                          tmp_path / "a")
     assert load_regenerator(tmp_path / "a" / "regenerator").config.num_memories == 1
     assert set(outcome.stats["regenerated"].get("rows_per_memory", {})) <= {"0", 0}
+
+
+def test_redecode_reproduces_the_regeneration_and_applies_new_decode_settings(dataset, regenerated, tmp_path):
+    outcome, out = regenerated
+    config = RegenerationConfig(regenerator_epochs=2, pretrain_epochs=2)
+    again = redecode(dataset, config, out, tmp_path / "same")
+    before, after = load_rows(out / "regenerated.npz"), load_rows(tmp_path / "same" / "regenerated.npz")
+    assert np.array_equal(before.seqs.items, after.seqs.items) and np.array_equal(before.source, after.source)
+    assert again.stats["redecoded_from"] == str(out)
+    assert again.stats["patterns"] == outcome.stats["patterns"]
+    ordered = redecode(dataset, RegenerationConfig(regenerator_epochs=2, pretrain_epochs=2,
+                                                   regenerator={"order": "source"}), out, tmp_path / "ordered")
+    stats = ordered.stats["regenerated"]
+    assert stats["order"] == "source"
+    dropped = stats["decodes_out_of_source_order"]
+    assert ordered.rows.counts()["regenerated"] <= outcome.rows.counts()["regenerated"]
+    assert dropped == outcome.stats["regenerated"]["decodes_out_of_source_order"]
+
+
+@pytest.mark.parametrize("changes, named", [
+    ({"regenerator_epochs": 3}, "epochs"),  # the regenerator was trained otherwise
+    ({"alpha": 4}, "alpha"),  # other patterns
+    ({"regenerator": {"d_model": 32, "n_heads": 2, "cond_heads": 2}}, "d_model"),
+])
+def test_redecode_refuses_what_decoding_cannot_change(dataset, regenerated, tmp_path, changes, named):
+    _, out = regenerated
+    config = RegenerationConfig(**{"regenerator_epochs": 2, "pretrain_epochs": 2, **changes})
+    with pytest.raises(ValueError, match=named):
+        redecode(dataset, config, out, tmp_path / "x")
+    assert not (tmp_path / "x").exists()

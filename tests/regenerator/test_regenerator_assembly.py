@@ -8,7 +8,7 @@ from regen_helpers import PLANTED, tiny_config
 
 from models.data.sequences import RowSource, Sequences, TrainRows
 from models.decoding import Decoded, decode
-from models.regenerated import assemble, first_unique, planted_recall
+from models.regenerated import assemble, first_unique, in_source_order, planted_recall
 from models.regenerator import RegeneratorConfig
 
 EOS = 12  # num_items = 10
@@ -117,3 +117,32 @@ def test_chunked_dedup_equals_the_padded_grid(monkeypatch) -> None:
                         lambda seqs, chunk_items=None: np.zeros(len(seqs), dtype=np.uint64))
     for seqs in cases:
         assert np.array_equal(first_unique(seqs), regenerated._first_unique_exact(seqs))
+
+
+def test_order_source_drops_decodes_that_reverse_their_source():
+    original, patterns = _inputs()
+    kept = assemble(original, patterns, _decoded(), RegeneratorConfig.parity())
+    ordered = assemble(original, patterns, _decoded(), RegeneratorConfig.parity(order="source"))
+    # [8, 0, 7] reverses its source [7, 8]; [2, 7, 3] skips the 7 its source lacks
+    assert kept.stats["decodes_out_of_source_order"] == ordered.stats["decodes_out_of_source_order"] == 1
+    assert _regenerated(kept.rows) == [[1, 2], [2, 7, 3], [8, 0, 7]]
+    assert _regenerated(ordered.rows) == [[1, 2], [2, 7, 3]]
+    assert ordered.rows.user[ordered.rows.source == RowSource.REGENERATED].tolist() == [1, 1]
+    assert (ordered.stats["decoded"], ordered.stats["order"]) == (6, "source")
+    assert ordered.stats["rows_per_memory"] == {0: 1, 1: 1}
+
+
+def _subsequence(row: list[int], source: list[int]) -> bool:
+    it = iter(source)
+    return all(x in it for x in row if x in source)
+
+
+def test_in_source_order_matches_a_plain_subsequence_test():
+    rng = np.random.default_rng(7)
+    sources = [rng.integers(1, 9, size=rng.integers(1, 8)).tolist() for _ in range(40)]  # repeats included
+    rows = [rng.integers(0, 11, size=rng.integers(0, 6)).tolist() for _ in range(600)]
+    which = rng.integers(0, len(sources), size=len(rows))
+    got = in_source_order(Sequences.from_lists(rows), Sequences.from_lists(sources), which)
+    want = [_subsequence(r, sources[w]) for r, w in zip(rows, which, strict=True)]
+    assert got.tolist() == want
+    assert 50 < sum(want) < 550  # both outcomes are exercised
