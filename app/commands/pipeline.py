@@ -111,23 +111,39 @@ def register(app: typer.Typer) -> None:
         device: str | None = typer.Option(None, help="auto, cpu or cuda." + _default(R, "device")),
         user_core: int = typer.Option(5),
         item_core: int = typer.Option(5),
-        max_len: int = typer.Option(R.model_fields["max_len"].default),
+        max_len: int | None = typer.Option(None, help="Window of the last max_len interactions per user." + _default(R, "max_len")),
         export: list[str] = typer.Option([], help="Also export the rows: parquet, jsonl, csv, inter or txt."),
         set_: list[str] = typer.Option([], "--set", help="Any RegenerationConfig field, key=value (JSON; dotted keys for nested ones, e.g. regenerator.d_model=32)."),
+        from_: Path | None = typer.Option(
+            None, "--from",
+            help="An earlier regeneration folder of the same log: decode its trained regenerator again instead of "
+            "training one, with its settings and the options given here; only decoding and assembly settings "
+            "(e.g. --set regenerator.order=source) may differ."),
     ) -> None:
         """Regenerate a training dataset with DR4SR (mine, pair, pre-train, train, decode, assemble)."""
         from models.data.export import write_sequences
-        from models.pipeline import regenerate
+        from models.pipeline import redecode, regenerate
 
         options = dict(
             profile=profile, regenerator_epochs=epochs, pretrain_epochs=pretrain_epochs, k_memories=k,
             alpha=alpha, beta=beta, seed=seed, device=device, max_len=max_len,
         )
+        if from_ is not None:
+            made = from_ / "config.json"
+            if not made.exists() or not (from_ / "regenerator").is_dir():
+                raise _fail(f"--from {from_}: not a regeneration folder with a trained regenerator")
+            if out.resolve() == from_.resolve():
+                raise _fail("--out must differ from --from: the earlier regeneration is kept as it is")
+            base = json.loads(made.read_text())["regeneration"]
+            options = _merge(base, {k: v for k, v in options.items() if v is not None})
         config = _config(R, options, set_)
         dataset = _load_dataset(file, fmt, user_core, item_core, config.max_len)
         with TerminalProgress() as progress:
             try:
-                outcome = regenerate(dataset, config, out, progress)
+                if from_ is not None:
+                    outcome = redecode(dataset, config, from_, out, progress)
+                else:
+                    outcome = regenerate(dataset, config, out, progress)
             except ValueError as exc:
                 raise _fail(str(exc)) from None
         exported = outcome.rows.without_pad() if export else None  # Q12 pad holes have no original id

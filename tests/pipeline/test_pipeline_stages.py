@@ -161,6 +161,18 @@ def test_cli_regenerate_then_train_end_to_end(tmp_path):
     res = runner.invoke(cli, ["evaluate", str(tmp_path / "run"), str(log), "--out", str(tmp_path / "eval")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "eval" / "report.json").read_text())["test"]["ndcg@20"] >= 0
+    # decode the same regenerator again, keeping only decodes in their source's order
+    res = runner.invoke(cli, ["regenerate", str(log), "--from", str(tmp_path / "regen"), "--out",
+                              str(tmp_path / "ordered"), "--set", "regenerator.order=source"])
+    assert res.exit_code == 0, res.output
+    stats = json.loads((tmp_path / "ordered" / "stats.json").read_text())
+    assert stats["redecoded_from"] == str(tmp_path / "regen") and stats["regenerated"]["order"] == "source"
+    assert stats["pretrain"] == json.loads((tmp_path / "regen" / "stats.json").read_text())["pretrain"]
+    # a training setting cannot change without training: refused, named, nothing written
+    res = runner.invoke(cli, ["regenerate", str(log), "--from", str(tmp_path / "regen"), "--out",
+                              str(tmp_path / "other"), "--epochs", "2"])
+    assert res.exit_code == 2 and "epochs" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "other").exists()
 
 
 def test_cli_reports_bad_parameters_without_traceback(tmp_path):
