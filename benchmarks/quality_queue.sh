@@ -19,24 +19,34 @@ Q=(nice -n 8 "$PY" benchmarks/quality.py --record --threads 1)
 # DR4SR+ with the personalizer that separates rows (Adam, normalised weights,
 # tau from 10); the `fixed` profile alone leaves every weight at 0.50.
 PERS=(--pers-set 'meta_optimizer="adam"' --pers-set normalize=true --tag pers-norm-adam-tau10)
+# Regenerated rows only from decodes in their source's order (decoded again
+# from the default regeneration's regenerator: seconds, not a new training).
+ORDER=(--regen-set 'regenerator={"order": "source"}')
 
 stream_bce() {
   # Beauty's original arm under the default (uniform batches, sliced forward)
   # was recorded with this tag; the DR4SR arms pair with it seed by seed.
   "${Q[@]}" --seeds 1,2,3 --tag forward-slices-check --grid "$B x sasrec x original x bce"
+  "${Q[@]}" --seeds 1,2,3 "${ORDER[@]}" --grid "$B x sasrec x dr4sr x bce"
   "${Q[@]}" --seeds 1,2,3 --grid "$B x sasrec x dr4sr x bce"
+  "${Q[@]}" --seeds 1,2,3 "${ORDER[@]}" "${PERS[@]}" --grid "$B x sasrec x dr4sr+ x bce"
   "${Q[@]}" --seeds 1,2,3 "${PERS[@]}" --grid "$B x sasrec x dr4sr+ x bce"
-  "${Q[@]}" --seeds 1,2,3 --grid "$S x sasrec x original,dr4sr x bce"
-  "${Q[@]}" --seeds 1,2,3 "${PERS[@]}" --grid "$S x sasrec x dr4sr+ x bce"
+  "${Q[@]}" --seeds 1,2,3 --grid "$S x sasrec x original x bce"
+  "${Q[@]}" --seeds 1,2,3 "${ORDER[@]}" --grid "$S x sasrec x dr4sr x bce"
+  "${Q[@]}" --seeds 1,2,3 --grid "$S x sasrec x dr4sr x bce"
+  "${Q[@]}" --seeds 1,2,3 "${ORDER[@]}" "${PERS[@]}" --grid "$S x sasrec x dr4sr+ x bce"
   "${Q[@]}" --seeds 1 --grid "$B x gru4rec,fmlp x original,dr4sr x bce"
   "${Q[@]}" --seeds 1 "${PERS[@]}" --grid "$B x gru4rec,fmlp x dr4sr+ x bce"
 }
 
 stream_ce() {
-  "${Q[@]}" --seeds 1,2,3 --grid "$B x sasrec x original,dr4sr x ce"
-  "${Q[@]}" --seeds 1,2,3 "${PERS[@]}" --grid "$B x sasrec x dr4sr+ x ce"
-  "${Q[@]}" --seeds 1,2,3 --grid "$S x sasrec x original,dr4sr x ce"
-  "${Q[@]}" --seeds 1,2,3 "${PERS[@]}" --grid "$S x sasrec x dr4sr+ x ce"
+  "${Q[@]}" --seeds 1,2,3 --grid "$B x sasrec x original x ce"
+  "${Q[@]}" --seeds 1,2,3 "${ORDER[@]}" --grid "$B x sasrec x dr4sr x ce"
+  "${Q[@]}" --seeds 1,2,3 --grid "$B x sasrec x dr4sr x ce"
+  "${Q[@]}" --seeds 1,2,3 "${ORDER[@]}" "${PERS[@]}" --grid "$B x sasrec x dr4sr+ x ce"
+  "${Q[@]}" --seeds 1,2,3 --grid "$S x sasrec x original x ce"
+  "${Q[@]}" --seeds 1,2,3 "${ORDER[@]}" --grid "$S x sasrec x dr4sr x ce"
+  "${Q[@]}" --seeds 1,2,3 --grid "$S x sasrec x dr4sr x ce"
 }
 
 stream_bce > benchmarks/out/quality-bce.log 2>&1 &
