@@ -69,7 +69,7 @@ from models.pipeline import (  # noqa: E402
 from models.progress import ProgressEvent  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from quality_table import arm_key, original_train_settings  # noqa: E402
+from quality_table import arm_key, pairs_with  # noqa: E402
 
 # DR4SR_QUALITY_RESULTS redirects the results folder (the harness's own tests use it);
 # per-user paths in the JSONL are relative to its grandparent (the project root by default)
@@ -190,15 +190,8 @@ def _per_user_path(rec: dict[str, Any]) -> Path:
 
 def _original_for(rec: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The latest original run with the same dataset, model, loss, seed and batching."""
-    settings = original_train_settings(rec["train_settings"])
     for other in reversed(records):
-        if (
-            other["variant"] == "original" and other["dataset"] == rec["dataset"]
-            and other["model"] == rec["model"] and other.get("loss", "bce") == rec["loss"]
-            and other.get("seed") == rec["seed"] and other.get("bucket_chunk", 32) == rec["bucket_chunk"]
-            and original_train_settings(other.get("train_settings")) == settings
-            and other.get("per_user") and (BASE / other["per_user"]).exists()
-        ):
+        if pairs_with(other, rec) and other.get("per_user") and (BASE / other["per_user"]).exists():
             return other
     return None
 

@@ -142,18 +142,23 @@ def paired_originals(runs: list[dict], records: list[dict]) -> list[dict]:
         if ref in by_path:
             out.append(by_path[ref])
             continue
-        settings = original_train_settings(run.get("train_settings"))
         before = records[: next((i for i, r in enumerate(records) if r is run), len(records))]
-        for other in reversed(before):
-            if (other["variant"] == "original" and other["dataset"] == run["dataset"]
-                    and other["model"] == run["model"] and other.get("loss", "bce") == run.get("loss", "bce")
-                    and other.get("seed") == run["seed"]
-                    and other.get("bucket_chunk", 32) == run.get("bucket_chunk", 32)
-                    and original_train_settings(other.get("train_settings")) == settings
-                    and other.get("per_user")):
-                out.append(other)
-                break
+        match = next((o for o in reversed(before) if pairs_with(o, run) and o.get("per_user")), None)
+        if match is not None:
+            out.append(match)
     return out
+
+
+def pairs_with(original: dict[str, Any], run: dict[str, Any]) -> bool:
+    """``original`` is an original run with ``run``'s dataset, model, loss, seed,
+    batching and training settings (``finetune`` aside): its paired baseline."""
+    return (
+        original["variant"] == "original" and original["dataset"] == run["dataset"]
+        and original["model"] == run["model"] and original.get("loss", "bce") == run.get("loss", "bce")
+        and original.get("seed") == run["seed"]
+        and original.get("bucket_chunk", 32) == run.get("bucket_chunk", 32)
+        and original_train_settings(original.get("train_settings")) == original_train_settings(run.get("train_settings"))
+    )
 
 
 def _p(value: float | None) -> str:

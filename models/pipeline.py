@@ -127,7 +127,6 @@ def regenerate(
     (the rows, with their source column), ``stats.json``, ``config.json``,
     ``patterns.npz`` and ``regenerator/`` (weights + config).
     """
-    from models.composition import composition, composition_warnings
     from models.patterns import build_pairs, describe, mine_patterns, pattern_budget, pattern_rows
 
     config = config if config is not None else RegenerationConfig()
@@ -198,15 +197,20 @@ def regenerate(
 
     timings["total_s"] = round(time.perf_counter() - started, 3)
     stats["timings"] = timings
+    _summarise(stats, rows, split, dataset, beta_set=not adaptive, patterns_only=config.ablation == "patterns_only")
+    _write_regeneration(out_dir, rows, pat_rows, stats, config, reg_cfg, regenerator, dataset.name)
+    return RegenerationOutcome(rows=rows, stats=stats, out_dir=out_dir)
+
+
+def _summarise(stats: dict[str, Any], rows: TrainRows, split: Split, dataset: PreparedDataset,
+               beta_set: bool, patterns_only: bool) -> None:
+    """The dataset, row counts, composition and its warnings, into ``stats``."""
+    from models.composition import composition, composition_warnings
+
     stats["dataset"] = dict(dataset.stats)
     stats["rows"] = rows.counts()
     stats["composition"] = composition(rows, len(split.train))
-    stats["warnings"] = composition_warnings(
-        stats["composition"], beta_set=not adaptive, patterns_only=config.ablation == "patterns_only"
-    )
-
-    _write_regeneration(out_dir, rows, pat_rows, stats, config, reg_cfg, regenerator, dataset.name)
-    return RegenerationOutcome(rows=rows, stats=stats, out_dir=out_dir)
+    stats["warnings"] = composition_warnings(stats["composition"], beta_set=beta_set, patterns_only=patterns_only)
 
 
 def _write_regeneration(out_dir: Path, rows: TrainRows, pat_rows: TrainRows, stats: dict[str, Any],
@@ -276,7 +280,6 @@ def redecode(
     Everything else must equal what ``from_dir`` was made with, on the same
     dataset, or :class:`ValueError` says what differs. Writes a complete
     regeneration folder into ``out_dir``; its ``stats.json`` names ``from_dir``."""
-    from models.composition import composition, composition_warnings
     from models.decoding import decode
     from models.regenerated import assemble
     from models.regenerator import load_regenerator
@@ -306,11 +309,7 @@ def redecode(
     stats["regenerated"] = assembled.stats
     stats["timings"] = {**old_stats.get("timings", {}), "decode_s": decode_s}
     stats["redecoded_from"] = str(from_dir)
-    stats["dataset"] = dict(dataset.stats)
-    stats["rows"] = rows.counts()
-    stats["composition"] = composition(rows, len(split.train))
-    stats["warnings"] = composition_warnings(stats["composition"], beta_set=config.beta is not None,
-                                             patterns_only=False)
+    _summarise(stats, rows, split, dataset, beta_set=config.beta is not None, patterns_only=False)
     _write_regeneration(out_dir, rows, pat_rows, stats, config, reg_cfg, regenerator, dataset.name)
     return RegenerationOutcome(rows=rows, stats=stats, out_dir=out_dir)
 
