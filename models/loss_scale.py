@@ -1,6 +1,11 @@
 """How much a batch's loss weighs (``TrainConfig.loss_scale``).
 
 'batch': the mean over the batch's own target positions, as in the reference.
+'row': the mean over the batch's rows of each row's mean over its own target
+positions, so every row weighs the same whatever its length (what length
+bucketing with 'batch' gives roughly, without bucketing's homogeneous batches:
+the check that separates the two). FMLP-Rec's examples have one target each,
+so there 'row' is 'batch'.
 'epoch': the batch's summed losses over the epoch's mean target positions per
 batch, so every position weighs the same whatever the batching; with length
 bucketing, a batch of two-item rows then weighs less than a batch of long
@@ -10,15 +15,43 @@ them from the training rows (:func:`resolve_loss_scale`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from models.data.sequences import RowSource, TrainRows
 
 if TYPE_CHECKING:
     from models.batching import BatchIterator
     from models.config import TrainConfig
+
+
+# The denominator a training loss is reduced with: None = the batch's own
+# target positions ('batch'), a number = that many positions ('epoch'), 'row' =
+# each row's own positions, then the mean over rows ('row').
+Denominator = Union[float, Literal["row"], None]
+
+
+def reduce_position_loss(per: Tensor, valid: Tensor, denominator: Denominator = None) -> Tensor:
+    """One loss from per-position losses ``per`` (B, T), already zero (or
+    weighted) where they should be, and the ``valid`` (B, T) mask."""
+    if denominator == "row":
+        counts = valid.sum(1)  # (B,)
+        rows = counts > 0
+        per_row = per.sum(1) / counts.clamp(min=1).to(per.dtype)
+        return per_row[rows].sum() / rows.sum().clamp(min=1).to(per.dtype)
+    if denominator is None:
+        return per.sum() / valid.sum().clamp(min=1).to(per.dtype)
+    return per.sum() / float(denominator)
+
+
+def denominator_for(scale: str, batches: BatchIterator) -> Denominator:
+    """The denominator of a resolved loss scale over one epoch's batches."""
+    if scale == "epoch":
+        return mean_positions(batches)
+    return "row" if scale == "row" else None
 
 
 def mean_positions(batches: BatchIterator) -> float:

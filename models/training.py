@@ -52,7 +52,7 @@ from models.batching import Batch, BatchIterator
 from models.config import TrainConfig  # noqa: F401 - lives with every config in models.config
 from models.data.sequences import EvalRows, TrainRows
 from models.evaluation import evaluate, resolve_device
-from models.loss_scale import mean_positions, resolve_loss_scale
+from models.loss_scale import Denominator, denominator_for, resolve_loss_scale
 from models.progress import Progress, ProgressEvent, no_progress
 from models.recommenders import build_model
 from models.recommenders.base import SequentialRecommender
@@ -75,9 +75,11 @@ from models.training_checkpoint import (
 )
 from models.training_distributed import _shard_loss, _ShardLoss, _train_distributed
 
-# (model, batch, optimiser step, epoch, positions): ``positions`` is the epoch's mean
-# target positions per batch under ``loss_scale="epoch"``, else None (the batch mean)
-LossFn = Callable[[SequentialRecommender, Batch, int, int, float | None], Tensor]
+# (model, batch, optimiser step, epoch, positions): ``positions`` is the loss's
+# denominator (models.loss_scale.Denominator): the epoch's mean target positions per
+# batch under ``loss_scale="epoch"``, 'row' under ``loss_scale="row"``, else None
+# (the batch mean)
+LossFn = Callable[[SequentialRecommender, Batch, int, int, Denominator], Tensor]
 StepHook = Callable[[SequentialRecommender, Batch, int, int], None]
 ModelHook = Callable[[SequentialRecommender], None]
 
@@ -261,7 +263,7 @@ def _train(
             bucket_chunk=config.bucket_chunk,
         )
         total, loss_sum = len(batches), 0.0
-        positions = mean_positions(batches) if scale == "epoch" else None
+        positions = denominator_for(scale, batches)
         for i, index in enumerate(batches.batch_indices()):
             if dist_ctx is not None:  # this rank's contiguous share of the global batch
                 index = index[dist_ctx.shard(len(index))]

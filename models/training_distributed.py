@@ -14,6 +14,7 @@ from torch import Tensor
 from models.batching import Batch
 from models.config import TrainConfig
 from models.data.sequences import EvalRows, TrainRows
+from models.loss_scale import Denominator
 from models.progress import Progress
 from models.recommenders import build_model
 from models.recommenders.base import SequentialRecommender
@@ -99,28 +100,44 @@ class _ShardLoss(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch: Batch | None, loss: str, token_scale: float, row_scale: float) -> Tensor:
+    def forward(
+        self, batch: Batch | None, loss: str, token_scale: float, row_scale: float, per_row: bool = False
+    ) -> Tensor:
         from models.distributed import zero_loss
 
         if batch is None:
             return zero_loss(self.model)
         pl = self.model.position_losses(batch, loss)
-        out = pl.loss.sum() * token_scale
+        if per_row:  # each row's mean over its own targets; token_scale is then per target row
+            counts = pl.valid.sum(1)
+            out = (pl.loss.sum(1) / counts.clamp(min=1).to(pl.loss.dtype)).sum() * token_scale
+        else:
+            out = pl.loss.sum() * token_scale
         aux = self.model.auxiliary_loss(batch)  # a mean over the shard's rows
         return out if aux is None else out + aux * row_scale
 
 
 def _shard_loss(
-    net: torch.nn.Module, batch: Batch | None, loss: str, dist_ctx: Any, positions: float | None = None
+    net: torch.nn.Module, batch: Batch | None, loss: str, dist_ctx: Any, positions: Denominator = None
 ) -> tuple[Tensor, float]:
     """(this rank's loss to back-propagate, the global batch's loss). The
     global batch's summed position losses are divided by its own target
-    count, or by ``positions`` (``loss_scale='epoch'``)."""
+    count, or by ``positions`` (``loss_scale='epoch'``); with 'row'
+    (``loss_scale='row'``) the rows' own means are averaged over the global
+    batch's rows that have a target."""
     world = dist_ctx.world_size
     tokens = float(batch.valid.sum()) if batch is not None else 0.0
     rows = float(len(batch)) if batch is not None else 0.0
-    total_tokens, total_rows = (float(x) for x in dist_ctx.all_sum([tokens, rows]))
-    denominator = total_tokens if positions is None else positions
-    out = net(batch, loss, world / max(denominator, 1.0), world * rows / max(total_rows, 1.0))
+    target_rows = float((batch.valid.sum(1) > 0).sum()) if batch is not None else 0.0
+    total_tokens, total_rows, total_target_rows = (
+        float(x) for x in dist_ctx.all_sum([tokens, rows, target_rows])
+    )
+    if positions == "row":
+        denominator = total_target_rows
+    else:
+        denominator = total_tokens if positions is None else float(positions)
+    out = net(
+        batch, loss, world / max(denominator, 1.0), world * rows / max(total_rows, 1.0), positions == "row"
+    )
     value = float(dist_ctx.all_sum([float(out.detach())])[0]) / world
     return out, value

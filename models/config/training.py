@@ -83,11 +83,13 @@ class TrainConfig(_Config):
         "dynamic-width model's outputs; dropout masks are drawn per slice), without the work on padding that "
         "uniform batches otherwise spend. 1: one piece. No effect on FMLP-Rec's fixed-width batches.",
     )
-    loss_scale: Literal["auto", "batch", "epoch"] = Field(
+    loss_scale: Literal["auto", "batch", "epoch", "row"] = Field(
         "auto",
         description="A batch's loss: 'batch' = mean over its target positions (every batch weighs the same, as in "
         "the reference); 'epoch' = sum over its positions / the epoch's mean positions per batch (every position "
         "weighs the same, so length-bucketed batches of short rows do not weigh as much as batches of long rows); "
+        "'row' = mean over its rows of each row's own mean (every row weighs the same whatever its length, as "
+        "length bucketing roughly gives, but inside any batching; FMLP-Rec's one-target examples: 'batch'); "
         "'auto' = 'epoch' when bucketing would give the pattern and regenerated rows more than 4x their share of "
         "target positions (dense logs: long original rows beside two-item rows), else 'batch'.",
     )

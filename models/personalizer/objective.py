@@ -14,6 +14,7 @@ from models.data.sequences import EvalRows, TrainRows
 from models.personalizer.errors import PersonalizerConfigError, PersonalizerError
 from models.personalizer.hypergradient import double_backward_safe, implicit_hypergradient
 from models.personalizer.streams import HeldoutStream, TrainStream
+from models.loss_scale import Denominator
 from models.personalizer.weights import Personalizer, _position_weights, weighted_position_loss
 from models.recommenders.base import SequentialRecommender
 from models.training import (
@@ -99,7 +100,7 @@ class PersonalizedObjective:
         return epoch > self.config.warmup_epochs
 
     def __call__(
-        self, model: SequentialRecommender, batch: Batch, step: int, epoch: int, positions: float | None = None
+        self, model: SequentialRecommender, batch: Batch, step: int, epoch: int, positions: Denominator = None
     ) -> Tensor:
         if epoch != self._epoch:
             self.end_epoch()
@@ -128,7 +129,7 @@ class PersonalizedObjective:
 
     # -- losses -----------------------------------------------------------
     def weighted_loss(
-        self, model: SequentialRecommender, batch: Batch, track: bool = False, positions: float | None = None
+        self, model: SequentialRecommender, batch: Batch, track: bool = False, positions: Denominator = None
     ) -> Tensor:
         pl = model.position_losses(batch, self.loss_name)
         w, personalised = _position_weights(

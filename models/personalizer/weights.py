@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from models.batching import BatchIterator
 from models.data.sequences import RowSource, TrainRows
+from models.loss_scale import Denominator, reduce_position_loss
 
 
 class Personalizer(nn.Module):
@@ -109,14 +110,14 @@ def _position_weights(
 
 
 def weighted_position_loss(
-    loss: Tensor, valid: Tensor, weights: Tensor, positions: float | None = None
+    loss: Tensor, valid: Tensor, weights: Tensor, positions: Denominator = None
 ) -> Tensor:
     """Σ w·ℓ / #valid (spec §7.2): the denominator is the valid count, not Σw, so
     down-weighting really shrinks the loss (and its gradient). With
-    ``positions`` (``loss_scale="epoch"``) the denominator is that fixed count."""
-    mask = valid.to(loss.dtype)
-    denominator = mask.sum().clamp(min=1.0) if positions is None else positions
-    return (weights * loss * mask).sum() / denominator
+    ``positions`` a number (``loss_scale="epoch"``) the denominator is that
+    fixed count; with 'row' (``loss_scale="row"``) each row's Σ w·ℓ is over its
+    own valid count and the rows are averaged."""
+    return reduce_position_loss(weights * loss * valid.to(loss.dtype), valid, positions)
 
 
 # -- weight summaries (for the report's histogram) --------------------------------

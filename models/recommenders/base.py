@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.batching import AllPositions, Batch, RowTransform
+from models.loss_scale import Denominator, reduce_position_loss
 
 LossName = Literal["bce", "ce"]
 
@@ -241,14 +242,15 @@ class SequentialRecommender(nn.Module):
         return None
 
     def training_loss(
-        self, batch: Batch, loss: LossName = "bce", positions: float | None = None
+        self, batch: Batch, loss: LossName = "bce", positions: Denominator = None
     ) -> Tensor:
-        """The batch's summed position losses over ``positions`` (the epoch's
-        mean target positions per batch, ``TrainConfig.loss_scale='epoch'``),
-        or over its own target positions (None: the per-batch mean)."""
+        """The batch's position losses reduced by ``positions``
+        (:func:`models.loss_scale.reduce_position_loss`): None = the mean over
+        its target positions; a number = their sum over that many positions
+        (the epoch's mean per batch, ``TrainConfig.loss_scale='epoch'``);
+        'row' = the mean over rows of each row's mean (``loss_scale='row'``)."""
         pl = self.position_losses(batch, loss)
-        denominator = pl.valid.sum().clamp(min=1) if positions is None else positions
-        out = pl.loss.sum() / denominator
+        out = reduce_position_loss(pl.loss, pl.valid, positions)
         aux = self.auxiliary_loss(batch)
         return out if aux is None else out + aux
 

@@ -78,6 +78,18 @@ def test_sasrec_two_ranks_match_one_process_checkpoint_once_and_resume(tmp_path)
     assert json.loads((ckpt / "last.json").read_text())["run"]["epoch"] == 2
 
 
+def test_row_loss_scale_two_ranks_match_one_process():
+    """``loss_scale='row'`` averages the rows' own means over the global batch's
+    rows, not over each rank's: the shards' losses add up to the one-process loss."""
+    split, n = planted_split(num_users=120, num_items=30)
+    _, one = _train_losses(split, n, _sasrec(1, epochs=1, loss_scale="row"))
+    _, two = _train_losses(split, n, _sasrec(2, epochs=1, loss_scale="row"))
+    np.testing.assert_allclose(two[0], one[0], rtol=1e-5)
+    np.testing.assert_allclose(two, one, atol=1e-4)
+    _, per_batch = _train_losses(split, n, _sasrec(1, epochs=1, loss_scale="batch"))
+    assert abs(per_batch[0] - one[0]) > 1e-4  # rows of unequal length: a different loss
+
+
 def test_dr4sr_plus_hooks_refuse_world_size_above_one():
     split, n = planted_split(num_users=40, num_items=20)
     with pytest.raises(TrainingError, match="world_size=1"):

@@ -88,12 +88,46 @@ def test_epoch_scale_is_the_epoch_sum_over_mean_positions() -> None:
     assert summed == pytest.approx(per_position * len(it), rel=1e-4)
 
 
+def test_row_scale_is_the_mean_of_each_rows_own_mean() -> None:
+    """'row': every row weighs the same whatever its length, in any batch."""
+    torch.manual_seed(2)
+    rows = _mixed_rows(3)
+    model = build_model("sasrec", N, {"max_len": 20})
+    model.eval()
+    index = np.arange(30, 70)  # 10 long rows and 30 two-item rows in one batch
+    it = BatchIterator(rows, 64, transform=model.batch_transform())
+    batch = it.transform.collate(rows, it.examples, index)
+    with torch.no_grad():
+        pl = model.position_losses(batch, "ce")
+        per_row = [float(pl.loss[r][pl.valid[r]].mean()) for r in range(len(index))]
+        by_row = float(model.training_loss(batch, "ce", "row"))
+        by_position = float(model.training_loss(batch, "ce"))
+    assert by_row == pytest.approx(float(np.mean(per_row)), rel=1e-5)
+    # the batch mean weighs the long rows' many targets more: a different number
+    assert by_position == pytest.approx(float(pl.loss.sum() / pl.valid.sum()), rel=1e-5)
+    assert abs(by_row - by_position) > 1e-3
+
+
+def test_weighted_loss_with_row_scale_weighs_each_row_by_its_own_targets() -> None:
+    from models.personalizer import weighted_position_loss
+
+    loss = torch.tensor([[1.0, 3.0, 5.0], [2.0, 0.0, 0.0], [9.0, 9.0, 9.0]])
+    valid = torch.tensor([[True, True, True], [True, False, False], [False, False, False]])
+    weights = torch.tensor([[1.0, 1.0, 1.0], [0.5, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    # row 1: (1 + 3 + 5) / 3 = 3; row 2: 0.5 * 2 / 1 = 1; row 3 has no target and is left out
+    assert float(weighted_position_loss(loss, valid, weights, "row")) == pytest.approx(2.0)
+    assert float(weighted_position_loss(loss, valid, weights)) == pytest.approx(10.0 / 4)
+
+
 def test_training_runs_with_epoch_scale() -> None:
     rows = _mixed_rows(2)
     valid = EvalRows(Sequences.from_lists([[1, 2, 3]] * 10), np.arange(1, 11) % N + 1, np.arange(1, 11))
     cfg = TrainJobConfig(epochs=2, patience=2, loss_scale="epoch", device="cpu", batch_size=32)
     result = train_model(rows, valid, valid, N, cfg.train_config())
     assert all(np.isfinite(h["loss"]) for h in result.history) and result.epochs_run == 2
+    row = train_model(rows, valid, valid, N, TrainJobConfig(
+        epochs=1, patience=2, loss_scale="row", device="cpu", batch_size=32).train_config())
+    assert row.loss_scale == "row" and np.isfinite(row.history[0]["loss"])
     with pytest.raises(ValidationError, match="loss_scale"):
         TrainJobConfig(loss_scale="position")
 
