@@ -19,34 +19,32 @@ Q=(nice -n 8 "$PY" benchmarks/quality.py --record --threads 1)
 # DR4SR+ with the personalizer that separates rows (Adam, normalised weights,
 # tau from 10); the `fixed` profile alone leaves every weight at 0.50.
 PERS=(--pers-set 'meta_optimizer="adam"' --pers-set normalize=true --tag pers-norm-adam-tau10)
-# Regenerated rows only from decodes in their source's order (decoded again
-# from the default regeneration's regenerator: seconds, not a new training).
-ORDER=(--regen-set 'regenerator={"order": "source"}')
+
+# Every row weighing alike inside uniform batches (bucketing's weighting without
+# its homogeneous batches): the check of where the bucketed DR4SR lift came from.
+ROW=(--train-set loss_scale=row --tag row-loss-scale)
 
 stream_bce() {
-  # Beauty's original arm under the default (uniform batches, sliced forward)
-  # was recorded with this tag; the DR4SR arms pair with it seed by seed.
-  "${Q[@]}" --seeds 1,2,3 --tag forward-slices-check --grid "$B x sasrec x original x bce"
-  "${Q[@]}" --seeds 1,2,3 "${ORDER[@]}" --grid "$B x sasrec x dr4sr x bce"
-  "${Q[@]}" --seeds 1,2,3 --grid "$B x sasrec x dr4sr x bce"
-  "${Q[@]}" --seeds 1,2,3 "${ORDER[@]}" "${PERS[@]}" --grid "$B x sasrec x dr4sr+ x bce"
-  "${Q[@]}" --seeds 1,2,3 "${PERS[@]}" --grid "$B x sasrec x dr4sr+ x bce"
-  "${Q[@]}" --seeds 1,2,3 --grid "$S x sasrec x original x bce"
-  "${Q[@]}" --seeds 1,2,3 "${ORDER[@]}" --grid "$S x sasrec x dr4sr x bce"
-  "${Q[@]}" --seeds 1,2,3 --grid "$S x sasrec x dr4sr x bce"
-  "${Q[@]}" --seeds 1,2,3 "${ORDER[@]}" "${PERS[@]}" --grid "$S x sasrec x dr4sr+ x bce"
+  # Sports first (Beauty's three SASRec arms are recorded); each DR4SR seed is
+  # followed by its paired original so that a stopped session leaves pairs.
+  for s in 1 2 3; do
+    "${Q[@]}" --seeds $s --grid "$S x sasrec x dr4sr x bce"
+    "${Q[@]}" --seeds $s --grid "$S x sasrec x original x bce"
+  done
+  "${Q[@]}" --seeds 1 "${ROW[@]}" --grid "$B x sasrec x dr4sr,original x bce"
   "${Q[@]}" --seeds 1 --grid "$B x gru4rec,fmlp x original,dr4sr x bce"
+  "${Q[@]}" --seeds 1,2,3 "${PERS[@]}" --grid "$S x sasrec x dr4sr+ x bce"
+  "${Q[@]}" --seeds 2,3 "${ROW[@]}" --grid "$B x sasrec x dr4sr,original x bce"
   "${Q[@]}" --seeds 1 "${PERS[@]}" --grid "$B x gru4rec,fmlp x dr4sr+ x bce"
 }
 
 stream_ce() {
   "${Q[@]}" --seeds 1,2,3 --grid "$B x sasrec x original x ce"
-  "${Q[@]}" --seeds 1,2,3 "${ORDER[@]}" --grid "$B x sasrec x dr4sr x ce"
   "${Q[@]}" --seeds 1,2,3 --grid "$B x sasrec x dr4sr x ce"
-  "${Q[@]}" --seeds 1,2,3 "${ORDER[@]}" "${PERS[@]}" --grid "$B x sasrec x dr4sr+ x ce"
+  "${Q[@]}" --seeds 1,2,3 "${PERS[@]}" --grid "$B x sasrec x dr4sr+ x ce"
   "${Q[@]}" --seeds 1,2,3 --grid "$S x sasrec x original x ce"
-  "${Q[@]}" --seeds 1,2,3 "${ORDER[@]}" --grid "$S x sasrec x dr4sr x ce"
   "${Q[@]}" --seeds 1,2,3 --grid "$S x sasrec x dr4sr x ce"
+  "${Q[@]}" --seeds 1,2,3 "${PERS[@]}" --grid "$S x sasrec x dr4sr+ x ce"
 }
 
 stream_bce > benchmarks/out/quality-bce.log 2>&1 &
