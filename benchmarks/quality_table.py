@@ -130,6 +130,22 @@ def pooled_test(ours: list[dict], base: list[dict]) -> dict[str, Any] | None:
     }
 
 
+def _per_seed(runs: list[dict], base: list[dict]) -> list[str]:
+    """'s<seed> <t p>' per run: the test recorded with it, or, for a run recorded
+    before its paired original existed, the same test against the base arm's
+    run of that seed."""
+    base_by_seed = {r["seed"]: r for r in base}
+    out = []
+    for r in runs:
+        if r.get("p_vs_original"):
+            out.append(f"s{r['seed']} {_p(r['p_vs_original']['t_p'])}")
+        elif r["seed"] in base_by_seed:
+            test = pooled_test([r], [base_by_seed[r["seed"]]])
+            if test is not None:
+                out.append(f"s{r['seed']} {_p(test['t_p'])}")
+    return out
+
+
 def paired_originals(runs: list[dict], records: list[dict]) -> list[dict]:
     """The original runs an arm's seeds were paired with when they were recorded
     (``p_vs_original.original``; for older records, the latest original recorded
@@ -226,9 +242,7 @@ def render(records: list[dict[str, Any]], notes: str) -> str:
             tags = sorted({str(r.get("tag")) for r in base})
             base_note = f" vs tag {', '.join(tags)}" if base else ""
         pooled = pooled_test(runs, base) if variant != "original" and base else None
-        per_seed = [
-            f"s{r['seed']} {_p(r['p_vs_original']['t_p'])}" for r in runs if r.get("p_vs_original")
-        ]
+        per_seed = [] if variant == "original" else _per_seed(runs, base)
         arm = []
         if profile:
             arm.append(f"regen {profile}")

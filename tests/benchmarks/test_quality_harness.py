@@ -108,3 +108,24 @@ def test_an_untagged_arm_is_pooled_against_the_originals_it_was_paired_with():
     assert table.paired_originals([named], records) == [old]
     assert table.paired_originals([unnamed], records) == [new]
     assert table.paired_originals([_run("dr4sr", 2)], records) == []  # no original for seed 2
+
+
+def test_a_run_recorded_before_its_original_gets_its_per_seed_test_in_the_table(tmp_path, monkeypatch):
+    """quality.py can only pair a run with an original that exists when it
+    finishes; the table pairs the rest with the base arm's run of the same seed."""
+    import numpy as np
+
+    table = _table_module()
+    monkeypatch.setattr(table, "RESULTS", tmp_path / "benchmarks" / "results")
+    rng = np.random.default_rng(0)
+    base = rng.random(400)
+    for name, values in {"o1": base, "d1": base + 0.05 + 0.01 * rng.standard_normal(400),
+                         "o2": base, "d2": base}.items():
+        np.savez(tmp_path / f"{name}.npz", **{"ndcg@20": values})
+    d1 = _run("dr4sr", 1, per_user="d1.npz")  # recorded first, without p_vs_original
+    d2 = _run("dr4sr", 2, per_user="d2.npz")
+    originals = [_run("original", 1, per_user="o1.npz"), _run("original", 2, per_user="o2.npz")]
+    cells = table._per_seed([d1, d2], originals)
+    assert cells[0].startswith("s1 ") and float(cells[0].split()[1]) < 1e-3  # a real lift, found
+    assert cells[1] == "s2 1.000"  # identical per-user figures: no difference
+    assert table._per_seed([_run("dr4sr", 3, per_user="d1.npz")], originals) == []  # no seed-3 original
