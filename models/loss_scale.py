@@ -15,10 +15,9 @@ them from the training rows (:func:`resolve_loss_scale`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from models.data.sequences import RowSource, TrainRows
@@ -31,7 +30,7 @@ if TYPE_CHECKING:
 # The denominator a training loss is reduced with: None = the batch's own
 # target positions ('batch'), a number = that many positions ('epoch'), 'row' =
 # each row's own positions, then the mean over rows ('row').
-Denominator = Union[float, Literal["row"], None]
+Denominator = float | Literal["row"] | None
 
 
 def reduce_position_loss(per: Tensor, valid: Tensor, denominator: Denominator = None) -> Tensor:

@@ -11,10 +11,10 @@ from torch import Tensor
 from models.batching import Batch
 from models.config import PersonalizerConfig
 from models.data.sequences import EvalRows, TrainRows
+from models.loss_scale import Denominator
 from models.personalizer.errors import PersonalizerConfigError, PersonalizerError
 from models.personalizer.hypergradient import double_backward_safe, implicit_hypergradient
 from models.personalizer.streams import HeldoutStream, TrainStream
-from models.loss_scale import Denominator
 from models.personalizer.weights import Personalizer, _position_weights, weighted_position_loss
 from models.recommenders.base import SequentialRecommender
 from models.training import (
