@@ -33,14 +33,18 @@ if TYPE_CHECKING:
 Denominator = float | Literal["row"] | None
 
 
+def summed_row_means(per: Tensor, valid: Tensor) -> Tensor:
+    """Σ over rows of each row's mean over its own valid positions (rows
+    without a target add 0); 'row' divides it by the rows that have one."""
+    return (per.sum(1) / valid.sum(1).clamp(min=1).to(per.dtype)).sum()
+
+
 def reduce_position_loss(per: Tensor, valid: Tensor, denominator: Denominator = None) -> Tensor:
     """One loss from per-position losses ``per`` (B, T), already zero (or
     weighted) where they should be, and the ``valid`` (B, T) mask."""
     if denominator == "row":
-        counts = valid.sum(1)  # (B,)
-        rows = counts > 0
-        per_row = per.sum(1) / counts.clamp(min=1).to(per.dtype)
-        return per_row[rows].sum() / rows.sum().clamp(min=1).to(per.dtype)
+        rows = valid.any(1).sum().clamp(min=1).to(per.dtype)
+        return summed_row_means(per, valid) / rows
     if denominator is None:
         return per.sum() / valid.sum().clamp(min=1).to(per.dtype)
     return per.sum() / float(denominator)

@@ -14,7 +14,7 @@ from torch import Tensor
 from models.batching import Batch
 from models.config import TrainConfig
 from models.data.sequences import EvalRows, TrainRows
-from models.loss_scale import Denominator
+from models.loss_scale import Denominator, summed_row_means
 from models.progress import Progress
 from models.recommenders import build_model
 from models.recommenders.base import SequentialRecommender
@@ -108,11 +108,8 @@ class _ShardLoss(torch.nn.Module):
         if batch is None:
             return zero_loss(self.model)
         pl = self.model.position_losses(batch, loss)
-        if per_row:  # each row's mean over its own targets; token_scale is then per target row
-            counts = pl.valid.sum(1)
-            out = (pl.loss.sum(1) / counts.clamp(min=1).to(pl.loss.dtype)).sum() * token_scale
-        else:
-            out = pl.loss.sum() * token_scale
+        # per_row: each row's mean over its own targets, token_scale then per target row
+        out = (summed_row_means(pl.loss, pl.valid) if per_row else pl.loss.sum()) * token_scale
         aux = self.model.auxiliary_loss(batch)  # a mean over the shard's rows
         return out if aux is None else out + aux * row_scale
 
@@ -126,18 +123,14 @@ def _shard_loss(
     (``loss_scale='row'``) the rows' own means are averaged over the global
     batch's rows that have a target."""
     world = dist_ctx.world_size
-    tokens = float(batch.valid.sum()) if batch is not None else 0.0
+    per_row = positions == "row"
+    # target count: the positions ('batch', 'epoch') or the rows with a target ('row')
+    tokens = 0.0
+    if batch is not None:
+        tokens = float((batch.valid.any(1) if per_row else batch.valid).sum())
     rows = float(len(batch)) if batch is not None else 0.0
-    target_rows = float((batch.valid.sum(1) > 0).sum()) if batch is not None else 0.0
-    total_tokens, total_rows, total_target_rows = (
-        float(x) for x in dist_ctx.all_sum([tokens, rows, target_rows])
-    )
-    if positions == "row":
-        denominator = total_target_rows
-    else:
-        denominator = total_tokens if positions is None else float(positions)
-    out = net(
-        batch, loss, world / max(denominator, 1.0), world * rows / max(total_rows, 1.0), positions == "row"
-    )
+    total_tokens, total_rows = (float(x) for x in dist_ctx.all_sum([tokens, rows]))
+    denominator = float(positions) if positions is not None and not per_row else total_tokens
+    out = net(batch, loss, world / max(denominator, 1.0), world * rows / max(total_rows, 1.0), per_row)
     value = float(dist_ctx.all_sum([float(out.detach())])[0]) / world
     return out, value
