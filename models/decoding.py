@@ -11,7 +11,10 @@ greedily, in large batches:
   source, generative steps score the whole vocabulary; already-emitted tokens
   are masked by a scatter of the emitted ids (equivalent to the reference's
   full boolean masks, without building them);
-* rows that emitted EOS are dropped from the batch as they finish.
+* rows that emitted EOS are dropped from the batch as they finish;
+* under ``copy_order='forward'`` each row keeps the position of the last
+  source item it emitted: restrictive steps copy only items after it, and
+  generative steps may not emit a source item left behind it.
 
 :func:`decode_reference` is the reference algorithm, one sequence at a time,
 the full decoder re-run on the whole prefix every step (no cache). It is the
@@ -132,7 +135,9 @@ class _Batch:
     prev: Tensor  # (r,) last emitted token
     emitted: Tensor  # (r, steps + 1) SOS then emitted tokens (unused slots hold SOS)
     cand: Tensor  # (r, C) sorted source tokens
-    cand_ok: Tensor  # (r, C) first occurrence of a real token
+    cand_ok: Tensor  # (r, C) first occurrence of a real token (every occurrence under copy_order 'forward')
+    cand_pos: Tensor  # (r, C) position of each candidate in the wrapped source (SOS at 0)
+    last: Tensor  # (r,) position of the last source item emitted (0: none yet)
     cross: list[tuple[Tensor, Tensor]]  # per layer keys (r, h, hd, S), values (r, h, S, hd)
     cross_bias: Tensor  # (r, h, 1, S) 0 for real source tokens, -inf for pads
     cache: list[tuple[Tensor, Tensor]]  # per layer keys (r, h, hd, steps), values (r, h, steps, hd)
@@ -140,7 +145,8 @@ class _Batch:
     def keep(self, keep: Tensor) -> _Batch:
         return _Batch(
             self.rows[keep], self.prev[keep], self.emitted[keep], self.cand[keep],
-            self.cand_ok[keep], [(k[keep], v[keep]) for k, v in self.cross], self.cross_bias[keep],
+            self.cand_ok[keep], self.cand_pos[keep], self.last[keep],
+            [(k[keep], v[keep]) for k, v in self.cross], self.cross_bias[keep],
             [(k[keep], v[keep]) for k, v in self.cache],
         )
 
@@ -213,13 +219,16 @@ def _generative_argmax(h: Tensor, emitted: Tensor, table: Tensor, emit_pad: bool
 
 
 def _choose(model: Regenerator, h: Tensor, gen: Tensor, st: _Batch, filled: int,
-            emit_pad: bool) -> Tensor:
-    """Greedy next token per row under the restrictive or generative mask."""
+            emit_pad: bool, forward: bool = False) -> Tensor:
+    """Greedy next token per row under the restrictive or generative mask;
+    ``forward``: a restrictive step copies only items after ``st.last``."""
     table = model.embedding.weight
     emitted = st.emitted[:, :filled]
     out = torch.empty(len(h), dtype=torch.long, device=h.device)
     if gen.any():
         g = gen.nonzero().squeeze(1) if not gen.all() else None
+        if forward:  # source items left behind are excluded like emitted ones
+            emitted = torch.cat([emitted, _behind(st)], 1)
         hg, em = (h, emitted) if g is None else (h[g], emitted[g])
         # On CPU, row chunks keep the (rows, N+3) logits cache-sized: one huge
         # matrix is slower to fill and scan than several small ones.
@@ -236,6 +245,9 @@ def _choose(model: Regenerator, h: Tensor, gen: Tensor, st: _Batch, filled: int,
         rs = (~gen).nonzero().squeeze(1) if gen.any() else None
         hr, em, cand, ok = (h, emitted, st.cand, st.cand_ok) if rs is None else \
             (h[rs], emitted[rs], st.cand[rs], st.cand_ok[rs])
+        if forward:
+            pos, last = (st.cand_pos, st.last) if rs is None else (st.cand_pos[rs], st.last[rs])
+            ok = ok & (pos > last[:, None])
         logits = torch.bmm(F.embedding(cand, table), hr[:, :, None]).squeeze(2)  # (rr, C)
         seen = (cand[:, :, None] == em[:, None, :]).any(2)
         logits.masked_fill_(~ok | seen, -math.inf)
@@ -247,18 +259,43 @@ def _choose(model: Regenerator, h: Tensor, gen: Tensor, st: _Batch, filled: int,
     return out
 
 
-def _source_candidates(src: Tensor) -> tuple[Tensor, Tensor]:
-    """src (B, S) padded token rows -> sorted tokens and their first-real-occurrence mask."""
-    cand, _ = src.sort(dim=1)
+def _source_candidates(src: Tensor, every_occurrence: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """src (B, S) padded token rows -> sorted tokens, the mask of their real
+    first occurrences (of every real occurrence when ``every_occurrence``) and
+    their positions in src. The sort is stable, so equal tokens stand in the
+    order of their positions: an argmax over equal logits takes the earliest."""
+    cand, pos = src.sort(dim=1, stable=True)
     ok = cand != 0
-    ok[:, 1:] &= cand[:, 1:] != cand[:, :-1]
-    return cand, ok
+    if not every_occurrence:
+        ok[:, 1:] &= cand[:, 1:] != cand[:, :-1]
+    return cand, ok, pos
+
+
+def _behind(st: _Batch) -> Tensor:
+    """(r, C) the source tokens that occur only at or before each row's ``last``
+    position (SOS, which is never emitted, elsewhere)."""
+    real = st.cand_ok & (st.cand != 0)
+    ahead = real & (st.cand_pos > st.last[:, None])
+    has_later = (st.cand[:, :, None] == st.cand.masked_fill(~ahead, -1)[:, None, :]).any(2)
+    sos = st.emitted[:, :1]
+    return torch.where(real & ~has_later, st.cand, sos)
+
+
+def _advance(st: _Batch, nxt: Tensor) -> None:
+    """Move each row's source position to the earliest occurrence of its new
+    token after it; a token its source lacks (or holds only earlier) leaves it."""
+    at = (st.cand == nxt[:, None]) & st.cand_ok & (st.cand_pos > st.last[:, None])
+    big = torch.iinfo(st.cand_pos.dtype).max
+    first = st.cand_pos.masked_fill(~at, big).min(1).values
+    st.last = torch.where(first < big, first, st.last)
 
 
 @torch.inference_mode()
-def _decode_batch(model: Regenerator, src: Tensor, sched: Tensor, emit_pad: bool) -> tuple[Tensor, Tensor]:
+def _decode_batch(model: Regenerator, src: Tensor, sched: Tensor, emit_pad: bool,
+                  forward: bool = False) -> tuple[Tensor, Tensor]:
     """Decode sources src (Bu, S) x all K memories; sched (Bu*K, steps) is the
-    generative schedule of the rows u * K + k. -> tokens (Bu*K, steps), lengths."""
+    generative schedule of the rows u * K + k; ``forward``: copy_order
+    'forward'. -> tokens (Bu*K, steps), lengths."""
     c = model.config
     bu, s = src.shape
     kk, d, steps = c.num_memories, c.d_model, sched.shape[1]
@@ -266,7 +303,7 @@ def _decode_batch(model: Regenerator, src: Tensor, sched: Tensor, emit_pad: bool
     memory, _, valid = model.encode(src, causal=False, packed=False)  # (Bu*S, d), no mask
     mem = model.memories(memory.view(bu, s, d))  # (Bu, S, K, d)
     mem = mem.permute(0, 2, 1, 3).reshape(bu * kk, s, d)  # rows u * K + k
-    cand, ok = _source_candidates(src)
+    cand, ok, cand_pos = _source_candidates(src, every_occurrence=forward)
     r = bu * kk
     hd = d // c.n_heads
     st = _Batch(
@@ -274,6 +311,7 @@ def _decode_batch(model: Regenerator, src: Tensor, sched: Tensor, emit_pad: bool
         prev=torch.full((r,), model.sos, dtype=torch.long, device=dev),
         emitted=torch.full((r, steps + 1), model.sos, dtype=torch.long, device=dev),
         cand=cand.repeat_interleave(kk, 0), cand_ok=ok.repeat_interleave(kk, 0),
+        cand_pos=cand_pos.repeat_interleave(kk, 0), last=torch.zeros(r, dtype=torch.long, device=dev),
         cross=[(k.transpose(2, 3).contiguous(), v) for ((k, v, _),) in
                (layer.cross_kv(mem.reshape(r * s, d), Layout.dense(r, s)) for layer in model.decoder_layers)],
         cross_bias=key_bias(valid, mem.dtype).repeat_interleave(kk, 0).expand(r, c.n_heads, 1, s)
@@ -288,7 +326,9 @@ def _decode_batch(model: Regenerator, src: Tensor, sched: Tensor, emit_pad: bool
     for i in range(steps):
         x = model.embedding(st.prev) + pos[i]  # (r, d)
         h = _decoder_step(model, x, i, st)
-        nxt = _choose(model, h, sched[st.rows, i], st, i + 1, emit_pad)
+        nxt = _choose(model, h, sched[st.rows, i], st, i + 1, emit_pad, forward)
+        if forward:
+            _advance(st, nxt)
         live = st.rows[~done]
         out[live, i] = nxt[~done]
         out_len[live] = i + 1
@@ -340,7 +380,8 @@ def decode(model: Regenerator, sources: Sequences, config: RegeneratorConfig,
         # a batch holds the sources of length-sorted users: rows u * K + k
         glob = (idx[:, None] * kk + np.arange(kk)[None, :]).reshape(-1)
         batch_sched = np.unpackbits(sched[glob], axis=1, count=steps).astype(bool)
-        local, local_len = _decode_batch(model, src, torch.from_numpy(batch_sched).to(dev), config.emit_pad)
+        local, local_len = _decode_batch(model, src, torch.from_numpy(batch_sched).to(dev), config.emit_pad,
+                                         config.copy_order == "forward")
         local, local_len = local.cpu().numpy(), local_len.cpu().numpy()
         parts_rows.append(glob)
         parts_len.append(local_len)
@@ -368,6 +409,7 @@ def decode_reference(model: Regenerator, source: Sequence[int], k: int,
     memory, _, _ = model.encode(src, causal=False, packed=False)  # (S, d), no mask
     s, d = src.shape[1], model.config.d_model
     ys = [model.sos]
+    last = 0  # position in src of the last source item emitted (copy_order 'forward')
     for i in range(config.max_decode_len - 1):
         mem_k = model.memories(memory)[:, k, :]  # (S, d)
         cross = [layer.cross_kv(mem_k, Layout.dense(1, s)) for layer in model.decoder_layers]
@@ -379,11 +421,18 @@ def decode_reference(model: Regenerator, source: Sequence[int], k: int,
         if generative[i]:
             allowed[:] = True
             allowed[0] = config.emit_pad
+            if config.copy_order == "forward":  # no source item left behind
+                allowed[src[0, 1 : last + 1]] = False
+                allowed[src[0, last + 1 :]] = True
+        elif config.copy_order == "forward":
+            allowed[src[0, last + 1 :]] = True
         else:
             allowed[src[0]] = True
         allowed[torch.tensor(ys, device=dev)] = False
         nxt = int(logits.masked_fill(~allowed, -math.inf).argmax())
         ys.append(nxt)
+        later = [j for j in range(last + 1, s) if int(src[0, j]) == nxt]
+        last = later[0] if later else last
         if nxt == model.eos:
             break
     return ys[1:]

@@ -242,7 +242,7 @@ def _write_regeneration(out_dir: Path, rows: TrainRows, pat_rows: TrainRows, sta
 #: a trained regenerator can be decoded again under other values of these.
 DECODE_SETTINGS = frozenset(
     {"max_decode_len", "restrictive_steps", "decode_policy", "gamma", "emit_pad", "drop_last_token",
-     "original_rows", "order", "device"}
+     "original_rows", "order", "copy_order", "device"}
 )
 
 

@@ -69,6 +69,11 @@ class RegeneratorConfig(_Frozen):
         description="Which decodes become rows: 'any' (the released code) or 'source', only those whose items occur in their source sequence in the decoded order (a subsequence of it; items the source lacks are not checked). The copy steps do not enforce order: on Amazon Beauty about a third of the default regeneration's two-item rows reverse their source's order.",
     )
 
+    copy_order: Literal["any", "forward"] = Field(
+        "any",
+        description="Which source items a decoding step may copy: 'any' (the released code: every item of the source not yet emitted) or 'forward', only items that stand after the last source item emitted, so that every decode follows its source's order (items the source lacks, from generative steps, leave the position where it was). Unlike order='source', no decode is dropped.",
+    )
+
     @model_validator(mode="after")
     def _consistent(self) -> RegeneratorConfig:
         for heads in ("n_heads", "cond_heads"):

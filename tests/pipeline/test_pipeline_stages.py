@@ -215,6 +215,11 @@ def test_redecode_reproduces_the_regeneration_and_applies_new_decode_settings(da
     dropped = stats["decodes_out_of_source_order"]
     assert ordered.rows.counts()["regenerated"] <= outcome.rows.counts()["regenerated"]
     assert dropped == outcome.stats["regenerated"]["decodes_out_of_source_order"]
+    forward = redecode(dataset, RegenerationConfig(regenerator_epochs=2, pretrain_epochs=2,
+                                                   regenerator={"copy_order": "forward"}), out, tmp_path / "forward")
+    stats = forward.stats["regenerated"]
+    assert stats["copy_order"] == "forward" and stats["decodes_out_of_source_order"] == 0
+    assert outcome.stats["regenerated"]["copy_order"] == "any"
 
 
 @pytest.mark.parametrize("changes, named", [
