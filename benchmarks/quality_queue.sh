@@ -20,10 +20,6 @@ Q=(nice -n 8 "$PY" benchmarks/quality.py --record --threads 1)
 # tau from 10); the `fixed` profile alone leaves every weight at 0.50.
 PERS=(--pers-set 'meta_optimizer="adam"' --pers-set normalize=true --tag pers-norm-adam-tau10)
 
-# Every row weighing alike inside uniform batches (bucketing's weighting without
-# its homogeneous batches): the check of where the bucketed DR4SR lift came from.
-ROW=(--train-set loss_scale=row --tag row-loss-scale)
-
 stream_bce() {
   # Sports first (Beauty's three SASRec arms are recorded); each DR4SR seed is
   # followed by its paired original so that a stopped session leaves pairs.
@@ -31,11 +27,14 @@ stream_bce() {
     "${Q[@]}" --seeds $s --grid "$S x sasrec x dr4sr x bce"
     "${Q[@]}" --seeds $s --grid "$S x sasrec x original x bce"
   done
-  "${Q[@]}" --seeds 1 "${ROW[@]}" --grid "$B x sasrec x dr4sr,original x bce"
   "${Q[@]}" --seeds 1 --grid "$B x gru4rec,fmlp x original,dr4sr x bce"
   "${Q[@]}" --seeds 1,2,3 "${PERS[@]}" --grid "$S x sasrec x dr4sr+ x bce"
-  "${Q[@]}" --seeds 2,3 "${ROW[@]}" --grid "$B x sasrec x dr4sr,original x bce"
   "${Q[@]}" --seeds 1 "${PERS[@]}" --grid "$B x gru4rec,fmlp x dr4sr+ x bce"
+  # levers on Beauty, seed 1 each (redecodes of the default regeneration)
+  "${Q[@]}" --seeds 1 --regen-set 'regenerator={"copy_order": "forward"}' --tag copy-forward \
+    --grid "$B x sasrec x dr4sr x bce"
+  "${Q[@]}" --seeds 1 --regen-set 'regenerator={"original_rows": "twice"}' --tag original-rows-twice \
+    --grid "$B x sasrec x dr4sr x bce"
 }
 
 stream_ce() {

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,3 +130,35 @@ def test_a_run_recorded_before_its_original_gets_its_per_seed_test_in_the_table(
     assert cells[0].startswith("s1 ") and float(cells[0].split()[1]) < 1e-3  # a real lift, found
     assert cells[1] == "s2 1.000"  # identical per-user figures: no difference
     assert table._per_seed([_run("dr4sr", 3, per_user="d1.npz")], originals) == []  # no seed-3 original
+
+
+def test_quality_groups_compares_two_arms_inside_user_groups(tmp_path):
+    # 90 users: the arm gains 0.1 on the users whose test item is rare, nothing elsewhere
+    rng = np.random.default_rng(0)
+    rows, rare = [], []
+    for u in range(1, 91):
+        history = list(rng.integers(1, 6, size=int(rng.integers(3, 12))))
+        target = 100 + u if u % 3 == 0 else 1  # unseen in training, or the most common item
+        rare.append(u % 3 == 0)
+        rows.append(" ".join(map(str, [u, *history, 2, target])))
+    data = tmp_path / "log.txt"
+    data.write_text("\n".join(rows) + "\n")
+    folder = tmp_path / "results" / "per_user"
+    folder.mkdir(parents=True)
+    base = rng.uniform(0, 0.2, size=90).astype(np.float32)
+    for seed in (1, 2):
+        np.savez(folder / f"base-s{seed}.npz", **{"ndcg@20": base})
+        np.savez(folder / f"arm-s{seed}.npz", **{"ndcg@20": base + 0.1 * np.array(rare, np.float32)})
+    env = {**os.environ, "DR4SR_QUALITY_RESULTS": str(tmp_path / "results")}
+    out = subprocess.run([sys.executable, "benchmarks/quality_groups.py", str(data), "--base", "base-s*.npz",
+                          "--arm", "arm-s*.npz"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["base"] == ["base-s1.npz", "base-s2.npz"]
+    by_popularity = [g for g in result["groups"] if g["by"] == "test item popularity"]
+    assert [g["users"] for g in by_popularity] == [30, 60]  # the top tercile is empty: all 60 share item 1
+    assert by_popularity[0]["diff"] == pytest.approx(0.1, abs=1e-5) and by_popularity[0]["p"] < 1e-6
+    assert by_popularity[1]["diff"] == pytest.approx(0, abs=1e-6)
+    missing = subprocess.run([sys.executable, "benchmarks/quality_groups.py", str(data), "--base", "none*.npz",
+                              "--arm", "arm-s*.npz"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and "no per-user file matches 'none*.npz'" in missing.stderr
