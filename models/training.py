@@ -199,6 +199,7 @@ def _train(
     ctx = {"train": train} if model_ctx is None else dict(model_ctx)
     model = build_model(config.model, num_items, config.model_config_overrides(), **ctx).to(device)
     model.forward_slices = config.forward_slices
+    model.num_negatives = config.num_negatives
     if model_hook is not None:
         model_hook(model)
     wd = model.config.weight_decay if config.weight_decay is None else config.weight_decay

@@ -20,7 +20,7 @@ ModelName = Literal["sasrec", "gru4rec", "fmlp", "gnn", "cl4srec"]
 Variant = Literal["original", "dr4sr", "dr4sr+"]
 Profile = Literal["parity", "fixed"]
 Device = Literal["auto", "cpu", "cuda"]
-Loss = Literal["bce", "ce"]
+Loss = Literal["bce", "ce", "sampled_ce"]
 ExportFormat = Literal["parquet", "jsonl", "csv", "inter", "txt"]
 RowSourceName = Literal["original", "pattern", "regenerated"]
 

@@ -58,7 +58,16 @@ class TrainConfig(_Config):
     batch_size: Int = Field(256, ge=1, le=65536, description="Training rows per batch.")
     lr: Float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate.")
     weight_decay: Float | None = Field(None, ge=0.0, le=1.0, description="Adam weight decay; null: the model's default (GRU4Rec 1e-4, else 0).")
-    loss: Loss = Field("bce", description="'bce': one uniform negative per position; 'ce': full softmax over all items.")
+    loss: Loss = Field(
+        "bce",
+        description="'bce': one uniform negative per position; 'ce': full softmax over all items; 'sampled_ce': "
+        "softmax over the target and num_negatives items drawn uniformly without replacement once per batch and "
+        "shared by its positions (a position's own target among them is masked).",
+    )
+    num_negatives: Int = Field(
+        256, ge=1, le=1_000_000,
+        description="Negatives per batch of loss 'sampled_ce' (at least the catalogue's size: the full softmax of 'ce').",
+    )
     patience: Int = Field(20, ge=0, le=1000, description="Epochs without improvement before early stopping (0: never stop early).")
     seed: Int = Field(2023, ge=0, le=2**32 - 1, description="Random seed of initialisation, batching and negatives.")
     eval_batch: Int = Field(2048, ge=1, le=1_000_000, description="Users per evaluation batch.")

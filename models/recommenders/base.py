@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from models.batching import AllPositions, Batch, RowTransform
 from models.loss_scale import Denominator, reduce_position_loss
 
-LossName = Literal["bce", "ce"]
+LossName = Literal["bce", "ce", "sampled_ce"]
 
 
 class ModelConfigError(ValueError):
@@ -176,6 +176,8 @@ class SequentialRecommender(nn.Module):
     #: the batch (:func:`sliced_forward`); the trainer sets it from
     #: ``TrainConfig.forward_slices``
     forward_slices: int = 1
+    #: ``TrainConfig.num_negatives`` (loss 'sampled_ce')
+    num_negatives: int = 256
 
     def __init__(self, num_items: int, config: RecommenderConfig) -> None:
         super().__init__()
@@ -233,9 +235,24 @@ class SequentialRecommender(nn.Module):
             logits[:, 0] = float("-inf")
             per = torch.zeros(valid.shape, dtype=h.dtype, device=h.device)
             per[valid] = F.cross_entropy(logits, batch.target[valid], reduction="none")
+        elif loss == "sampled_ce":
+            per = torch.zeros(valid.shape, dtype=h.dtype, device=h.device)
+            per[valid] = self._sampled_softmax_loss(h[valid], batch.target[valid], table)
         else:
-            raise ModelConfigError(f"loss must be 'bce' or 'ce', got {loss!r}")
+            raise ModelConfigError(f"loss must be 'bce', 'ce' or 'sampled_ce', got {loss!r}")
         return PositionLoss(per * valid, valid, h)
+
+    def _sampled_softmax_loss(self, h: Tensor, target: Tensor, table: Tensor) -> Tensor:
+        """(V,) cross-entropy of each position's target against ``num_negatives``
+        items drawn uniformly without replacement, shared by the batch; a
+        position's own target among them is masked, so with every item drawn
+        this is the full softmax of loss 'ce'."""
+        n = min(self.num_negatives, self.num_items)
+        negatives = torch.randperm(self.num_items, device=h.device)[:n] + 1  # (S,)
+        positive = (h * table[target]).sum(-1, keepdim=True)  # (V, 1)
+        scores = (h @ table[negatives].T).masked_fill(negatives[None, :] == target[:, None], float("-inf"))
+        logits = torch.cat([positive, scores], 1)  # (V, 1 + S): the target in column 0
+        return torch.logsumexp(logits, 1) - positive.squeeze(1)
 
     def auxiliary_loss(self, batch: Batch) -> Tensor | None:
         """An extra, already weighted training term (CL4SRec's InfoNCE); None elsewhere."""

@@ -92,6 +92,44 @@ def test_bce_matches_hand_computation_with_fixed_negatives():
     assert torch.allclose(pl.loss, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec", "fmlp"])
+def test_sampled_softmax_with_every_item_drawn_is_the_full_softmax(name):
+    model = _model(name, dropout_rate=0.0)
+    batch = next(iter(BatchIterator(_rows(), 8, shuffle=False, transform=model.batch_transform())))
+    model.num_negatives = N  # every item: the same terms as 'ce', in another order
+    full = model.position_losses(batch, "ce")
+    sampled = model.position_losses(batch, "sampled_ce")
+    assert torch.equal(full.valid, sampled.valid)
+    assert torch.allclose(sampled.loss, full.loss, atol=1e-5)
+    model.num_negatives = 10 * N  # more than the catalogue: capped at it
+    assert torch.allclose(model.position_losses(batch, "sampled_ce").loss, full.loss, atol=1e-5)
+
+
+def test_sampled_softmax_matches_hand_computation():
+    model = _model("sasrec")
+    model.eval()
+    model.num_negatives = 7
+    batch = next(iter(BatchIterator(_rows(), 6, shuffle=False)))
+    torch.manual_seed(11)
+    pl = model.position_losses(batch, "sampled_ce")
+    torch.manual_seed(11)
+    negatives = torch.randperm(N)[:7] + 1  # the draw position_losses made: 7 distinct items
+    assert len(torch.unique(negatives)) == 7
+    h, E = pl.hidden[pl.valid], model.item_embeddings()
+    target = batch.target[pl.valid]
+    expected = []
+    for v in range(len(target)):
+        others = [int(i) for i in negatives if int(i) != int(target[v])]  # its own target is masked
+        logits = torch.stack([h[v] @ E[target[v]]] + [h[v] @ E[i] for i in others])
+        expected.append(torch.logsumexp(logits, 0) - logits[0])
+    assert torch.allclose(pl.loss[pl.valid], torch.stack(expected), atol=1e-5)
+    assert torch.all(pl.loss[~pl.valid] == 0)
+    assert any(int(t) in negatives.tolist() for t in target)  # the masking was exercised
+    loss = model.training_loss(batch, "sampled_ce")
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
 def test_negatives_are_uniform_items_never_padding():
     model = _model("cl4srec")
     negs = model.sample_negatives(torch.ones(200, 50, dtype=torch.long))

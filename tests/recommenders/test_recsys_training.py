@@ -62,6 +62,17 @@ def test_every_model_learns_planted_transitions(name, data):
     assert not result.model.training
 
 
+def test_sampled_softmax_trains_and_takes_its_negatives_from_the_config(data):
+    split, n = data
+    pop = popularity_metrics(split, split.test, n)
+    seen = []
+    result = train_model(split.train, split.valid, split.test, n,
+                         _config(loss="sampled_ce", num_negatives=16),
+                         model_hook=lambda model: seen.append(model.num_negatives))
+    assert seen == [16]
+    assert result.test_metrics["ndcg@10"] > 2.5 * pop["ndcg@10"]
+
+
 def test_same_seed_same_metrics(data):
     split, n = data
     a = train_model(split.train, split.valid, split.test, n, _config("cl4srec", epochs=2))
