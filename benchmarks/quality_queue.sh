@@ -38,6 +38,10 @@ stream_bce() {
 }
 
 stream_ce() {
+  # the sampled softmax (256 shared negatives) first: a strong baseline at BCE's cost
+  for s in 1 2 3; do
+    "${Q[@]}" --seeds $s --grid "$B,$S x sasrec x original,dr4sr x sampled_ce"
+  done
   "${Q[@]}" --seeds 1,2,3 --grid "$B x sasrec x original x ce"
   "${Q[@]}" --seeds 1,2,3 --grid "$B x sasrec x dr4sr x ce"
   "${Q[@]}" --seeds 1,2,3 "${PERS[@]}" --grid "$B x sasrec x dr4sr+ x ce"
