@@ -66,7 +66,7 @@ class TrainConfig(_Config):
     )
     num_negatives: Int = Field(
         256, ge=1, le=1_000_000,
-        description="Negatives per batch of loss 'sampled_ce' (at least the catalogue's size: the full softmax of 'ce').",
+        description="Negatives per batch of loss 'sampled_ce'; at or above the catalogue's size every item is drawn, which is the full softmax of 'ce'.",
     )
     patience: Int = Field(20, ge=0, le=1000, description="Epochs without improvement before early stopping (0: never stop early).")
     seed: Int = Field(2023, ge=0, le=2**32 - 1, description="Random seed of initialisation, batching and negatives.")
