@@ -55,6 +55,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from models.config import LOSSES  # noqa: E402
 from models.data.preprocess import prepare  # noqa: E402
 from models.evaluation import paired_significance  # noqa: E402
 from models.pipeline import (  # noqa: E402
@@ -301,7 +302,7 @@ def main() -> None:
     p.add_argument("--dataset", type=Path, help="One dataset (or use --grid).")
     p.add_argument("--model", default="sasrec")
     p.add_argument("--variant", default="original", choices=VARIANTS)
-    p.add_argument("--loss", default="bce", choices=["bce", "ce", "sampled_ce"])
+    p.add_argument("--loss", default="bce", choices=LOSSES)
     p.add_argument("--seeds", default="2023", help="Comma-separated training seeds, e.g. 1,2,3.")
     p.add_argument("--grid", help='"DATASETS x MODELS x VARIANTS x LOSSES", each a comma-separated list.')
     p.add_argument("--ablation", default="none", choices=["none", "no_diversity", "patterns_only", "end_to_end"],
@@ -336,7 +337,7 @@ def main() -> None:
         if len(parts) != 4:
             raise SystemExit("error: --grid needs four ' x '-separated lists: DATASETS x MODELS x VARIANTS x LOSSES")
         datasets, models_, variants, losses = ([v.strip() for v in part.split(",") if v.strip()] for part in parts)
-        bad = [v for v in variants if v not in VARIANTS] + [v for v in losses if v not in ("bce", "ce", "sampled_ce")]
+        bad = [v for v in variants if v not in VARIANTS] + [v for v in losses if v not in LOSSES]
         if bad:
             raise SystemExit(f"error: unknown variant or loss in --grid: {bad}")
         cells = [(Path(d), m, v, lo) for d in datasets for lo in losses for m in models_ for v in variants]

@@ -274,11 +274,9 @@ def _source_candidates(src: Tensor, every_occurrence: bool = False) -> tuple[Ten
 def _behind(st: _Batch) -> Tensor:
     """(r, C) the source tokens that occur only at or before each row's ``last``
     position (SOS, which is never emitted, elsewhere)."""
-    real = st.cand_ok & (st.cand != 0)
-    ahead = real & (st.cand_pos > st.last[:, None])
+    ahead = st.cand_ok & (st.cand_pos > st.last[:, None])  # cand_ok: real tokens only
     has_later = (st.cand[:, :, None] == st.cand.masked_fill(~ahead, -1)[:, None, :]).any(2)
-    sos = st.emitted[:, :1]
-    return torch.where(real & ~has_later, st.cand, sos)
+    return torch.where(st.cand_ok & ~has_later, st.cand, st.emitted[:, :1])
 
 
 def _advance(st: _Batch, nxt: Tensor) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.batching import AllPositions, Batch, RowTransform
+from models.config.base import LOSSES, Loss
 from models.loss_scale import Denominator, reduce_position_loss
 
-LossName = Literal["bce", "ce", "sampled_ce"]
+LossName = Loss  # the one list of losses, models.config.base
 
 
 class ModelConfigError(ValueError):
@@ -221,25 +222,23 @@ class SequentialRecommender(nn.Module):
         h = sliced_forward(self, batch, self.forward_slices)  # (B, T, d)
         valid = batch.target != 0  # (B, T)
         table = self.item_embeddings()  # (N + 1, d)
+        per = torch.zeros(valid.shape, dtype=h.dtype, device=h.device)
         if loss == "bce":
             negatives = self.sample_negatives(batch.target)  # (B, T): drawn for every slot, as always
             # scored only at valid positions (the gather and its sparse backward skip the padding),
             # one gather for positives and negatives: one sparse backward instead of two
             ids = torch.stack([batch.target[valid], negatives[valid]], -1)  # (V, 2)
             scores = (h[valid].unsqueeze(-2) * table[ids]).sum(-1)  # (V, 2)
-            per = torch.zeros(valid.shape, dtype=h.dtype, device=h.device)
             per[valid] = F.softplus(-scores[:, 0]) + F.softplus(scores[:, 1])
         elif loss == "ce":
             # full softmax only over valid positions: (V, N + 1) instead of (B, T, N + 1)
             logits = h[valid] @ table.T  # (V, N + 1)
             logits[:, 0] = float("-inf")
-            per = torch.zeros(valid.shape, dtype=h.dtype, device=h.device)
             per[valid] = F.cross_entropy(logits, batch.target[valid], reduction="none")
         elif loss == "sampled_ce":
-            per = torch.zeros(valid.shape, dtype=h.dtype, device=h.device)
             per[valid] = self._sampled_softmax_loss(h[valid], batch.target[valid], table)
         else:
-            raise ModelConfigError(f"loss must be 'bce', 'ce' or 'sampled_ce', got {loss!r}")
+            raise ModelConfigError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
         return PositionLoss(per * valid, valid, h)
 
     def _sampled_softmax_loss(self, h: Tensor, target: Tensor, table: Tensor) -> Tensor:
