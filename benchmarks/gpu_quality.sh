@@ -1,53 +1,97 @@
 #!/usr/bin/env bash
-# One prepared GPU run of the quality grid's first cell (issue 11 §5): on one
-# GPU, regenerate Beauty once, then SASRec original / DR4SR / DR4SR+ with BCE
-# and CE, seed 1, each to early stopping, recording every run (device name
-# included) in benchmarks/results/quality.jsonl. Budget: under nine minutes on
-# an H200. Never called by a test.
+# One prepared GPU run of the quality grid (issue 11 §5): on one GPU, SASRec
+# original / DR4SR / DR4SR+ to early stopping, every run recorded (device name
+# included) in a JSONL that comes back through $OUT. Never called by a test.
 #
-# Run it through the device tool (one call, then give the machine back):
-#   here:   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#             --dest .whl polars pydantic pydantic-core annotated-types typing-inspection \
-#             pydantic-settings python-dotenv            # what the device image lacks
-#           mkdir -p .gl && cp ../shared/data/amazon-beauty.txt .gl/   # carried, never committed
-#   device: run(command="bash benchmarks/gpu_quality.sh .gl/amazon-beauty.txt", carry=[".whl", ".gl"], timeout_s=600)
-#   the CE grid's three seeds at once: run(command="SEEDS=1,2,3 LOSSES=ce bash benchmarks/gpu_quality.sh ...", ...)
-#   then copy $OUT/quality.jsonl's lines and $OUT/per_user*.npz into benchmarks/results/.
+#   gpu_quality.sh DATASET [DATASET ...]
+#
+# Environment (all optional):
+#   SEEDS       training seeds, default 1; each (dataset, seed) is its own
+#               process on the same GPU (launch-bound models share it well)
+#   LOSSES      default bce,ce
+#   ARMS        default original,dr4sr,dr4sr+ (run in this order per process)
+#   PERS_ARGS   quality.py arguments for the DR4SR+ arm only (the
+#               personalizer settings and their --tag)
+#   REGEN_FROM  a folder of regenerations made elsewhere (quality.py's cache
+#               layout: <stem>-<key>/{regenerated.npz,stats.json,config.json});
+#               without it each dataset is regenerated here, once, under the
+#               cache's file lock
+#   BUDGET_S    default 540: runs still going then are ended, so that the
+#               finished ones come back inside one device call
+#   THREADS     torch CPU threads per process, default 2
+#   QUALITY_ARGS passed to every quality.py call (DEVICE=cpu QUALITY_ARGS="--epochs 2
+#               --regenerator-epochs 1 --pretrain-epochs 1" checks the script on a CPU)
+#
+# Packages the device image lacks travel in .whl/ (see the device README):
+# wheels are installed with pip --target, and any .whl/*.tar.xz (an unpacked
+# wheel, smaller than the zip: polars' runtime) is unpacked beside them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA="${1:-../shared/data/amazon-beauty.txt}"
+[ $# -ge 1 ] || set -- ../shared/data/amazon-beauty.txt
 PY="${PYTHON:-python3}"
 OUT_DIR="${OUT:-benchmarks/out/gpu}"
 mkdir -p "$OUT_DIR"
+DEVICE="${DEVICE:-cuda}"
 
 if ! "$PY" -c "import polars, pydantic, pydantic_settings" 2>/dev/null; then
-  "$PY" -m pip install --quiet --no-index --find-links .whl polars pydantic pydantic-settings
+  SITE=/tmp/dr4sr-site
+  mkdir -p "$SITE"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
+  for t in .whl/*.tar.xz; do [ -e "$t" ] && tar -xJf "$t" -C "$SITE"; done
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+  "$PY" -c "import polars, pydantic, pydantic_settings"
 fi
-if [ "${DEVICE:-cuda}" = cuda ]; then
-  "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))"
+if [ "$DEVICE" = cuda ]; then
+  "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0), torch.__version__)"
 fi
 
 export DR4SR_QUALITY_RESULTS="$PWD/benchmarks/out/gpu-results/benchmarks/results"
 mkdir -p "$DR4SR_QUALITY_RESULTS"
-# SEEDS (default 1) and LOSSES (default bce,ce) widen the grid; with several
-# seeds each seed runs as its own process on the same GPU (the regeneration is
-# made once under the cache's file lock). BUDGET_S (default 540) ends the runs
-# still going so that the finished ones come back inside one device call.
-# QUALITY_ARGS is passed on to quality.py (DEVICE=cpu QUALITY_ARGS="--epochs 2
-# --regenerator-epochs 1 --pretrain-epochs 1" checks the script on a CPU).
+if [ -n "${REGEN_FROM:-}" ]; then
+  mkdir -p benchmarks/out/gpu-results/benchmarks/out/regen
+  cp -r "$REGEN_FROM"/. benchmarks/out/gpu-results/benchmarks/out/regen/
+  ls benchmarks/out/gpu-results/benchmarks/out/regen
+fi
+
 SEEDS="${SEEDS:-1}"
 LOSSES="${LOSSES:-bce,ce}"
-GRID="$DATA x sasrec x original,dr4sr,dr4sr+ x $LOSSES"
+ARMS="${ARMS:-original,dr4sr,dr4sr+}"
+PLAIN_ARMS=$(echo "$ARMS" | tr ',' '\n' | grep -vx 'dr4sr+' | paste -sd, || true)
+Q=("$PY" benchmarks/quality.py --record --device "$DEVICE" --threads "${THREADS:-2}")
+
+one() {  # one dataset and seed: the plain arms, then DR4SR+ with PERS_ARGS
+  local data=$1 seed=$2
+  if [ -n "$PLAIN_ARMS" ]; then
+    "${Q[@]}" --seeds "$seed" --grid "$data x sasrec x $PLAIN_ARMS x $LOSSES" ${QUALITY_ARGS:-}
+  fi
+  if [[ ",$ARMS," == *",dr4sr+,"* ]]; then
+    "${Q[@]}" --seeds "$seed" --grid "$data x sasrec x dr4sr+ x $LOSSES" ${PERS_ARGS:-} ${QUALITY_ARGS:-}
+  fi
+}
+
 start=$(date +%s)
-for s in ${SEEDS//,/ }; do
-  timeout "${BUDGET_S:-540}" "$PY" benchmarks/quality.py --record --device "${DEVICE:-cuda}" --seeds "$s" \
-    --grid "$GRID" ${QUALITY_ARGS:-} 2> "$OUT_DIR/gpu_quality-s$s.log" &
+for data in "$@"; do
+  for s in ${SEEDS//,/ }; do
+    name="$(basename "${data%.*}")-s$s"
+    timeout "${BUDGET_S:-540}" bash -c "$(declare -f one); $(declare -p Q PLAIN_ARMS ARMS LOSSES); one '$data' '$s'" \
+      > "$OUT_DIR/gpu_quality-$name.jsonl.log" 2> "$OUT_DIR/gpu_quality-$name.log" &
+  done
 done
 wait || true
-echo "gpu_quality: $(( $(date +%s) - start )) s, $(wc -l < "$DR4SR_QUALITY_RESULTS/quality.jsonl" 2>/dev/null || echo 0) runs recorded"
+runs=$(wc -l < "$DR4SR_QUALITY_RESULTS/quality.jsonl" 2>/dev/null || echo 0)
+echo "gpu_quality: $(( $(date +%s) - start )) s, $runs runs recorded"
 
-[ -f "$DR4SR_QUALITY_RESULTS/quality.jsonl" ] || { echo "no run finished"; tail -n 5 "$OUT_DIR"/gpu_quality-s*.log; exit 1; }
+# what comes back (the device tool returns at most 8 files): the JSONL, the
+# per-user metrics and the logs, each bundle flat under $OUT_DIR
+tar -C "$OUT_DIR" -czf "$OUT_DIR/logs.tgz" --remove-files $(cd "$OUT_DIR" && ls gpu_quality-*.log)
+[ -f "$DR4SR_QUALITY_RESULTS/quality.jsonl" ] || { echo "no run finished"; tar -xzOf "$OUT_DIR/logs.tgz" | tail -n 20; exit 1; }
 cp "$DR4SR_QUALITY_RESULTS/quality.jsonl" "$OUT_DIR/quality.jsonl"
-# per-user files come back flat (the device tool returns at most 8 files)
 tar -C "$DR4SR_QUALITY_RESULTS" -czf "$OUT_DIR/per_user.tgz" per_user
-tail -n 3 "$OUT_DIR"/gpu_quality-s*.log
+"$PY" - "$OUT_DIR/quality.jsonl" <<'EOF'
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    p = (r.get("p_vs_original") or {}).get("t_p")
+    print(r["dataset"], r["variant"], r["loss"], f"s{r['seed']}", r["stopped"], r["epochs"], f"{r['seconds']}s",
+          f"ndcg@20={r['test']['ndcg@20']:.4f}", "" if p is None else f"p={p:.3g}")
+EOF
