@@ -19,6 +19,8 @@
 #   BUDGET_S    default 540: runs still going then are ended, so that the
 #               finished ones come back inside one device call
 #   THREADS     torch CPU threads per process, default 2
+#   EXTRA_GRID  one more quality.py --grid (e.g. other models), run as one
+#               more process with seeds EXTRA_SEEDS (default 1)
 #   QUALITY_ARGS passed to every quality.py call (DEVICE=cpu QUALITY_ARGS="--epochs 2
 #               --regenerator-epochs 1 --pretrain-epochs 1" checks the script on a CPU)
 #
@@ -77,6 +79,10 @@ for data in "$@"; do
       > "$OUT_DIR/gpu_quality-$name.jsonl.log" 2> "$OUT_DIR/gpu_quality-$name.log" &
   done
 done
+if [ -n "${EXTRA_GRID:-}" ]; then
+  timeout "${BUDGET_S:-540}" "${Q[@]}" --seeds "${EXTRA_SEEDS:-1}" --grid "$EXTRA_GRID" ${QUALITY_ARGS:-} \
+    > "$OUT_DIR/gpu_quality-extra.jsonl.log" 2> "$OUT_DIR/gpu_quality-extra.log" &
+fi
 wait || true
 runs=$(wc -l < "$DR4SR_QUALITY_RESULTS/quality.jsonl" 2>/dev/null || echo 0)
 echo "gpu_quality: $(( $(date +%s) - start )) s, $runs runs recorded"
@@ -92,6 +98,6 @@ import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
     p = (r.get("p_vs_original") or {}).get("t_p")
-    print(r["dataset"], r["variant"], r["loss"], f"s{r['seed']}", r["stopped"], r["epochs"], f"{r['seconds']}s",
+    print(r["dataset"], r["model"], r["variant"], r.get("tag") or "", r["loss"], f"s{r['seed']}", r["stopped"], r["epochs"], f"{r['seconds']}s",
           f"ndcg@20={r['test']['ndcg@20']:.4f}", "" if p is None else f"p={p:.3g}")
 EOF
