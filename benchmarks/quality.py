@@ -43,6 +43,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -70,7 +71,7 @@ from models.pipeline import (  # noqa: E402
 from models.progress import ProgressEvent  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from quality_table import arm_key, pairs_with  # noqa: E402
+from quality_table import arm_key, device_class, pairs_with  # noqa: E402
 
 # DR4SR_QUALITY_RESULTS redirects the results folder (the harness's own tests use it);
 # per-user paths in the JSONL are relative to its grandparent (the project root by default)
@@ -186,6 +187,8 @@ def _per_user_path(rec: dict[str, Any]) -> Path:
         parts.append("t" + hashlib.sha1(json.dumps(rec["train_settings"], sort_keys=True).encode()).hexdigest()[:8])
     if rec.get("tag"):
         parts.append(rec["tag"])
+    if device_class(rec) != "cpu":
+        parts.append(re.sub(r"[^A-Za-z0-9]+", "_", device_class(rec)))
     return PER_USER / ("-".join(parts) + ".npz")
 
 
@@ -220,6 +223,7 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     rec: dict[str, Any] = {
         "dataset": dataset_path.name, "model": model, "variant": variant, "loss": loss, "seed": seed,
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",  # part of the arm
         "ablation": args.ablation if variant != "original" else "none",
         "profile": settings["profile"] if variant != "original" else None,
         "personalizer_profile": args.personalizer_profile if variant == "dr4sr+" else None,
@@ -256,7 +260,6 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
     report = outcome.report
     stopped = "early" if report["epochs_run"] < args.epochs else "capped"
     rec.update({
-        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
         "stopped": stopped,
         "epochs": report["epochs_run"],

@@ -67,6 +67,12 @@ def _non_default(settings: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (settings or {}).items() if k not in defaults or defaults[k] != v}
 
 
+def device_class(rec: dict[str, Any]) -> str:
+    """Where a run trained: ``cpu`` or the accelerator's name. Runs on different
+    devices are different arms (float order differs) and never pair."""
+    return rec.get("device") or "cpu"
+
+
 def arm_key(rec: dict[str, Any]) -> tuple:
     """Everything that defines an experiment arm except the seed."""
     return (
@@ -76,6 +82,7 @@ def arm_key(rec: dict[str, Any]) -> tuple:
         rec.get("bucket_chunk", 32), rec.get("tag"),
         json.dumps(rec.get("personalizer_settings") or {}, sort_keys=True),
         json.dumps(rec.get("train_settings") or {}, sort_keys=True),
+        device_class(rec),
     )
 
 
@@ -174,6 +181,7 @@ def pairs_with(original: dict[str, Any], run: dict[str, Any]) -> bool:
         and original.get("seed") == run["seed"]
         and original.get("bucket_chunk", 32) == run.get("bucket_chunk", 32)
         and original_train_settings(original.get("train_settings")) == original_train_settings(run.get("train_settings"))
+        and device_class(original) == device_class(run)
     )
 
 
@@ -227,15 +235,15 @@ def render(records: list[dict[str, Any]], notes: str) -> str:
 
     def sort_key(item):
         k = item[0]
-        return (k[0], k[1], k[2], str(k[8]), VARIANT_ORDER.get(k[3], 9), str(k[4]), str(k[5]), k[7], str(k[9]), k[10])
+        return (k[0], k[1], k[2], k[12], str(k[8]), VARIANT_ORDER.get(k[3], 9), str(k[4]), str(k[5]), k[7], str(k[9]), k[10])
 
     for key, runs in sorted(arms.items(), key=sort_key):
-        dataset, model, loss, variant, profile, pprofile, ablation, settings, bucket, tag, psettings, tsettings = key
+        dataset, model, loss, variant, profile, pprofile, ablation, settings, bucket, tag, psettings, tsettings, device = key
         runs = sorted(runs, key=lambda r: r["seed"])
         # the original arm with the same batching and training settings: the same tag if it has one
         base_settings = original_train_settings(tsettings)
-        base_key = (dataset, model, loss, "original", None, None, "none", "{}", bucket, tag, "{}", base_settings)
-        base = arms.get(base_key) or arms.get((*base_key[:9], None, "{}", base_settings), [])
+        base_key = (dataset, model, loss, "original", None, None, "none", "{}", bucket, tag, "{}", base_settings, device)
+        base = arms.get(base_key) or arms.get((*base_key[:9], None, "{}", base_settings, device), [])
         base_note = ""
         if not base and variant != "original":
             base = paired_originals(runs, current)
@@ -259,6 +267,8 @@ def render(records: list[dict[str, Any]], notes: str) -> str:
             arm.append(tsettings.replace("|", "/"))
         if tag:
             arm.append(f"tag {tag}")
+        if device != "cpu":
+            arm.append(device)
         paper = PAPER.get((dataset, model), {}).get(variant) if loss == "bce" else None
         early = sum(r.get("stopped") == "early" for r in runs)
         out.append(

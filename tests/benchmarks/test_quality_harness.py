@@ -111,6 +111,25 @@ def test_an_untagged_arm_is_pooled_against_the_originals_it_was_paired_with():
     assert table.paired_originals([_run("dr4sr", 2)], records) == []  # no original for seed 2
 
 
+def test_runs_on_different_devices_are_different_arms_and_never_pair(tmp_path, monkeypatch):
+    table = _table_module()
+    cpu = _run("original", 1, per_user="o1")
+    gpu = {**_run("original", 1, per_user="o1g"), "device": "NVIDIA H200"}
+    gpu_dr4sr = {**_run("dr4sr", 1), "device": "NVIDIA H200"}
+    assert table.arm_key(cpu) != table.arm_key(gpu)
+    assert table.arm_key(cpu) == table.arm_key({**cpu, "device": "cpu"})  # old records have no device
+    assert table.pairs_with(gpu, gpu_dr4sr) and not table.pairs_with(cpu, gpu_dr4sr)
+    assert table.paired_originals([gpu_dr4sr], [gpu, cpu]) == [gpu]
+    # and their per-user files do not overwrite each other
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    monkeypatch.setenv("DR4SR_QUALITY_RESULTS", str(tmp_path))
+    import quality
+
+    full = {"profile": None, "personalizer_profile": None, "ablation": "none"}
+    assert quality._per_user_path({**cpu, **full}) != quality._per_user_path({**gpu, **full})
+    assert "NVIDIA_H200" in quality._per_user_path({**gpu, **full}).name
+
+
 def test_a_run_recorded_before_its_original_gets_its_per_seed_test_in_the_table(tmp_path, monkeypatch):
     """quality.py can only pair a run with an original that exists when it
     finishes; the table pairs the rest with the base arm's run of the same seed."""
