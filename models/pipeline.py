@@ -340,7 +340,11 @@ def _protocol(cfg: TrainJobConfig, split: Split) -> dict[str, Any]:
         "ranking": "full ranking over all items",
         "masking": "pad id and every item of the input history masked",
         "loss": cfg.loss,
-        "negatives": "1 uniform negative per target position" if cfg.loss == "bce" else "full softmax",
+        "negatives": {
+            "bce": "1 uniform negative per target position",
+            "ce": "full softmax",
+            "sampled_ce": f"softmax over {cfg.num_negatives} uniform negatives shared by the batch",
+        }[cfg.loss],
         "early_stopping": f"validation NDCG@20, patience {cfg.patience}",
         "seed": cfg.seed,
         "batch_size": cfg.batch_size,

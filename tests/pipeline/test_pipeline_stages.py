@@ -233,3 +233,15 @@ def test_redecode_refuses_what_decoding_cannot_change(dataset, regenerated, tmp_
     with pytest.raises(ValueError, match=named):
         redecode(dataset, config, out, tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("loss, words", [
+    ("bce", "1 uniform negative"), ("ce", "full softmax"), ("sampled_ce", "softmax over 64 uniform negatives"),
+])
+def test_the_report_names_the_negatives_of_each_loss(loss, words):
+    from types import SimpleNamespace
+
+    from models.pipeline import _protocol
+
+    cfg = TrainJobConfig(loss=loss, num_negatives=64)
+    assert words in _protocol(cfg, SimpleNamespace(test=[0, 1]))["negatives"]
