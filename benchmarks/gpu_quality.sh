@@ -47,6 +47,8 @@ if [ "$DEVICE" = cuda ]; then
   "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0), torch.__version__)"
 fi
 
+# the copy on a device machine has no .git: the commit travels in the environment
+if [ -z "${DR4SR_COMMIT:-}" ] && [ -f .commit ]; then export DR4SR_COMMIT="$(cat .commit)"; fi
 export DR4SR_QUALITY_RESULTS="$PWD/benchmarks/out/gpu-results/benchmarks/results"
 mkdir -p "$DR4SR_QUALITY_RESULTS"
 if [ -n "${REGEN_FROM:-}" ]; then

@@ -99,6 +99,8 @@ def _progress(tag: str):
 
 
 def _commit() -> str:
+    if os.environ.get("DR4SR_COMMIT"):  # a copy without .git (a device machine's) is told its commit
+        return os.environ["DR4SR_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
