@@ -92,6 +92,7 @@ def _pretrain_item_table(split: Split, num_items: int, config: RegenerationConfi
         # and uniform batches have been checked for the target model only (TrainConfig.bucket_chunk)
         bucket_chunk=32,
         forward_slices=1,  # bucketed batches have little padding to save; keeps the recorded runs' draws
+        loss="bce",  # the paper's pre-training, and every recorded regeneration's (not the target model's default)
     )
     result = train_model(split.train, split.valid, split.test, num_items, tc, _renamed(progress, "pretrain"))
     table = result.model.item_embeddings().detach().cpu()

