@@ -26,6 +26,8 @@
 #   THREADS     torch CPU threads per process, default 2
 #   EXTRA_GRID  one more quality.py --grid (e.g. other models), run as one
 #               more process with seeds EXTRA_SEEDS (default 1)
+#   DR4SR_COMMIT the commit to record: the copy on a device machine has no
+#               .git (pass `git rev-parse --short HEAD` from here)
 #   QUALITY_ARGS passed to every quality.py call (DEVICE=cpu QUALITY_ARGS="--epochs 2
 #               --regenerator-epochs 1 --pretrain-epochs 1" checks the script on a CPU)
 #
@@ -52,8 +54,6 @@ if [ "$DEVICE" = cuda ]; then
   "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0), torch.__version__)"
 fi
 
-# the copy on a device machine has no .git: the commit travels in the environment
-if [ -z "${DR4SR_COMMIT:-}" ] && [ -f .commit ]; then export DR4SR_COMMIT="$(cat .commit)"; fi
 export DR4SR_QUALITY_RESULTS="$PWD/benchmarks/out/gpu-results/benchmarks/results"
 mkdir -p "$DR4SR_QUALITY_RESULTS"
 if [ -n "${REGEN_FROM:-}" ]; then

@@ -245,3 +245,25 @@ def test_the_report_names_the_negatives_of_each_loss(loss, words):
 
     cfg = TrainJobConfig(loss=loss, num_negatives=64)
     assert words in _protocol(cfg, SimpleNamespace(test=[0, 1]))["negatives"]
+
+
+def test_target_models_default_to_the_sampled_softmax_but_pretraining_keeps_bce(dataset, monkeypatch, tmp_path):
+    """The default loss moved to sampled_ce; the regenerator's pre-training must
+    not follow it, or every regeneration would change with the target default."""
+    import models.training
+
+    assert TrainJobConfig().loss == "sampled_ce"
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(train, valid, test, num_items, config, *args, **kwargs):
+        seen.append(config)
+        raise Stop
+
+    monkeypatch.setattr(models.training, "train_model", capture)
+    with pytest.raises(Stop):
+        regenerate(dataset, RegenerationConfig(regenerator_epochs=1, pretrain_epochs=1), tmp_path / "out")
+    assert [c.loss for c in seen] == ["bce"]
+    assert not (tmp_path / "out").exists()
