@@ -71,7 +71,13 @@ from models.pipeline import (  # noqa: E402
 from models.progress import ProgressEvent  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from quality_table import arm_key, device_class, pairs_with  # noqa: E402
+from quality_table import (  # noqa: E402
+    NUM_NEGATIVES_BEFORE_RECORDED,
+    arm_key,
+    device_class,
+    negatives,
+    pairs_with,
+)
 
 # DR4SR_QUALITY_RESULTS redirects the results folder (the harness's own tests use it);
 # per-user paths in the JSONL are relative to its grandparent (the project root by default)
@@ -183,6 +189,8 @@ def _per_user_path(rec: dict[str, Any]) -> Path:
         f"s{rec['seed']}", rec.get("profile") or "none", rec.get("personalizer_profile") or "none",
         rec.get("ablation", "none"), f"b{rec.get('bucket_chunk', 0)}",
     ]
+    if negatives(rec) not in (None, NUM_NEGATIVES_BEFORE_RECORDED):  # 256: the files named before the switch
+        parts.append(f"n{negatives(rec)}")
     if rec.get("regeneration_settings"):
         parts.append(hashlib.sha1(json.dumps(rec["regeneration_settings"], sort_keys=True).encode()).hexdigest()[:8])
     if rec.get("train_settings"):
@@ -235,6 +243,11 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
         "train_settings": _parse_sets(args.train_set),
         "tag": args.tag,
     }
+    # the resolved value, part of the arm: a changed default never pools with runs made under the old one
+    rec["num_negatives"] = (
+        int(rec["train_settings"].get("num_negatives", TrainJobConfig.model_fields["num_negatives"].default))
+        if loss == "sampled_ce" else None
+    )
     records = _load_records()
     if not args.force and any(_identity(r) == _identity(rec) for r in records):
         _log(f"skip (already recorded): {dataset_path.name} {model} {variant} {loss} seed {seed}")

@@ -73,6 +73,30 @@ def device_class(rec: dict[str, Any]) -> str:
     return rec.get("device") or "cpu"
 
 
+#: ``num_negatives`` of runs recorded before quality.py wrote the resolved
+#: value: the default of that time, unless the run set it in its train settings
+NUM_NEGATIVES_BEFORE_RECORDED = 256
+
+
+def negatives(rec: dict[str, Any]) -> int | None:
+    """The sampled softmax's negatives per batch a run trained with (``None``
+    for the other losses). A changed default therefore starts a new arm
+    instead of silently pooling two settings."""
+    if rec.get("loss", "bce") != "sampled_ce":
+        return None
+    if rec.get("num_negatives") is not None:
+        return int(rec["num_negatives"])
+    return int((rec.get("train_settings") or {}).get("num_negatives", NUM_NEGATIVES_BEFORE_RECORDED))
+
+
+def _train_settings(rec: dict[str, Any]) -> str:
+    """Training settings as part of an arm; ``num_negatives`` is left out, as
+    ``negatives`` keys the arm by the resolved value."""
+    d = dict(rec.get("train_settings") or {})
+    d.pop("num_negatives", None)
+    return json.dumps(d, sort_keys=True)
+
+
 def arm_key(rec: dict[str, Any]) -> tuple:
     """Everything that defines an experiment arm except the seed."""
     return (
@@ -81,17 +105,20 @@ def arm_key(rec: dict[str, Any]) -> tuple:
         json.dumps(_non_default(rec.get("regeneration_settings")), sort_keys=True),
         rec.get("bucket_chunk", 32), rec.get("tag"),
         json.dumps(rec.get("personalizer_settings") or {}, sort_keys=True),
-        json.dumps(rec.get("train_settings") or {}, sort_keys=True),
+        _train_settings(rec),
         device_class(rec),
+        negatives(rec),
     )
 
 
 def original_train_settings(settings: str | dict[str, Any] | None) -> str:
     """The training settings an original run shares with an arm: ``finetune``
     left out, because a second phase on the original rows changes nothing when
-    every row is original (the plain original run is that arm's baseline)."""
+    every row is original (the plain original run is that arm's baseline);
+    ``num_negatives`` too, compared as ``negatives`` (resolved)."""
     d = json.loads(settings) if isinstance(settings, str) else dict(settings or {})
     d.pop("finetune", None)
+    d.pop("num_negatives", None)
     return json.dumps(d, sort_keys=True)
 
 
@@ -174,13 +201,15 @@ def paired_originals(runs: list[dict], records: list[dict]) -> list[dict]:
 
 def pairs_with(original: dict[str, Any], run: dict[str, Any]) -> bool:
     """``original`` is an original run with ``run``'s dataset, model, loss, seed,
-    batching and training settings (``finetune`` aside): its paired baseline."""
+    batching, negatives and training settings (``finetune`` aside): its paired
+    baseline."""
     return (
         original["variant"] == "original" and original["dataset"] == run["dataset"]
         and original["model"] == run["model"] and original.get("loss", "bce") == run.get("loss", "bce")
         and original.get("seed") == run["seed"]
         and original.get("bucket_chunk", 32) == run.get("bucket_chunk", 32)
         and original_train_settings(original.get("train_settings")) == original_train_settings(run.get("train_settings"))
+        and negatives(original) == negatives(run)
         and device_class(original) == device_class(run)
     )
 
@@ -235,15 +264,15 @@ def render(records: list[dict[str, Any]], notes: str) -> str:
 
     def sort_key(item):
         k = item[0]
-        return (k[0], k[1], k[2], k[12], str(k[8]), VARIANT_ORDER.get(k[3], 9), str(k[4]), str(k[5]), k[7], str(k[9]), k[10])
+        return (k[0], k[1], k[2], k[12], str(k[13]), str(k[8]), VARIANT_ORDER.get(k[3], 9), str(k[4]), str(k[5]), k[7], str(k[9]), k[10])
 
     for key, runs in sorted(arms.items(), key=sort_key):
-        dataset, model, loss, variant, profile, pprofile, ablation, settings, bucket, tag, psettings, tsettings, device = key
+        dataset, model, loss, variant, profile, pprofile, ablation, settings, bucket, tag, psettings, tsettings, device, neg = key
         runs = sorted(runs, key=lambda r: r["seed"])
         # the original arm with the same batching and training settings: the same tag if it has one
         base_settings = original_train_settings(tsettings)
-        base_key = (dataset, model, loss, "original", None, None, "none", "{}", bucket, tag, "{}", base_settings, device)
-        base = arms.get(base_key) or arms.get((*base_key[:9], None, "{}", base_settings, device), [])
+        base_key = (dataset, model, loss, "original", None, None, "none", "{}", bucket, tag, "{}", base_settings, device, neg)
+        base = arms.get(base_key) or arms.get((*base_key[:9], None, "{}", base_settings, device, neg), [])
         base_note = ""
         if not base and variant != "original":
             base = paired_originals(runs, current)
@@ -263,6 +292,8 @@ def render(records: list[dict[str, Any]], notes: str) -> str:
         if settings != "{}":
             arm.append(settings.replace("|", "/"))
         arm.append(f"bucket {bucket}")
+        if neg is not None:
+            arm.append(f"{neg} negatives")
         if tsettings != "{}":
             arm.append(tsettings.replace("|", "/"))
         if tag:

@@ -177,8 +177,8 @@ class SequentialRecommender(nn.Module):
     #: the batch (:func:`sliced_forward`); the trainer sets it from
     #: ``TrainConfig.forward_slices``
     forward_slices: int = 1
-    #: ``TrainConfig.num_negatives`` (loss 'sampled_ce')
-    num_negatives: int = 256
+    #: ``TrainConfig.num_negatives`` (loss 'sampled_ce'); the trainer sets it
+    num_negatives: int = 1024
 
     def __init__(self, num_items: int, config: RecommenderConfig) -> None:
         super().__init__()

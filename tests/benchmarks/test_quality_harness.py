@@ -130,6 +130,39 @@ def test_runs_on_different_devices_are_different_arms_and_never_pair(tmp_path, m
     assert "NVIDIA_H200" in quality._per_user_path({**gpu, **full}).name
 
 
+def test_the_resolved_number_of_negatives_is_part_of_the_arm(tmp_path, monkeypatch):
+    """A changed ``num_negatives`` default must not pool runs made under the old
+    one: records without the resolved value ran with 256 unless they set it."""
+    table = _table_module()
+
+    def sampled(variant, seed, **extra):
+        return {**_run(variant, seed, per_user=f"{variant}{seed}"), "loss": "sampled_ce", **extra}
+
+    old_default = sampled("original", 1)  # recorded before the value was written: 256
+    explicit = sampled("original", 1, train_settings={"num_negatives": 1024}, tag="negatives-1024")
+    new_default = sampled("original", 1, num_negatives=1024)
+    new_dr4sr = sampled("dr4sr", 1, num_negatives=1024)
+    assert table.negatives(old_default) == 256 and table.negatives(explicit) == 1024
+    assert table.negatives(_run("original", 1)) is None  # bce draws no shared negatives
+    assert table.arm_key(old_default) != table.arm_key(new_default)
+    assert table.arm_key({**explicit, "tag": None}) == table.arm_key(new_default)  # set or defaulted: one arm
+    assert table.pairs_with(explicit, new_dr4sr) and table.pairs_with(new_default, new_dr4sr)
+    assert not table.pairs_with(old_default, new_dr4sr)
+    assert table.paired_originals([new_dr4sr], [explicit, old_default]) == [explicit]
+    # per-user files of a new default never overwrite those of the old one
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    monkeypatch.setenv("DR4SR_QUALITY_RESULTS", str(tmp_path))
+    import quality
+
+    full = {"profile": None, "personalizer_profile": None, "ablation": "none"}
+    assert quality._per_user_path({**old_default, **full}) != quality._per_user_path({**new_default, **full})
+    assert "-n1024" in quality._per_user_path({**new_default, **full}).name
+    # and the table names the negatives of each sampled-softmax arm
+    text = table.render([{**r, "commit": "x", "test": {"ndcg@20": 0.1, "recall@20": 0.2, "ndcg@10": 0.05},
+                          "epochs": 3, "stopped": "early"} for r in (old_default, new_default)], "")
+    assert "256 negatives" in text and "1024 negatives" in text
+
+
 def test_a_run_recorded_before_its_original_gets_its_per_seed_test_in_the_table(tmp_path, monkeypatch):
     """quality.py can only pair a run with an original that exists when it
     finishes; the table pairs the rest with the base arm's run of the same seed."""
