@@ -172,6 +172,11 @@ def regenerated_rows(dataset_path: Path, dataset, settings: dict[str, Any], devi
     return load_rows(folder / "regenerated.npz"), stats, made_with, folder
 
 
+def _made_on(folder: Path) -> dict[str, Any] | None:
+    made = json.loads((folder / "config.json").read_text())
+    return made.get("regenerator_environment") or made.get("environment")
+
+
 def _load_records() -> list[dict[str, Any]]:
     if not JSONL.exists():
         return []
@@ -292,7 +297,10 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
             "timings": regen_stats.get("timings"),
             "redecoded_from": regen_stats.get("redecoded_from") and str(Path(regen_stats["redecoded_from"]).name),
             "shared_by_seeds": True,
+            # where its regenerator was trained: a seed gives other rows on another CPU kernel path
+            "environment": _made_on(regen_folder),
         },
+        "environment": report.get("environment"),
         "commit": _commit(),
         "date": time.strftime("%Y-%m-%d"),
     })

@@ -28,6 +28,7 @@ from models.config import (
 )
 from models.data.preprocess import PreparedDataset
 from models.data.sequences import RowSource, Split, TrainRows, load_rows, save_rows
+from models.environment import fingerprint
 from models.progress import Progress, ProgressEvent, no_progress
 
 __all__ = [
@@ -215,8 +216,10 @@ def _summarise(stats: dict[str, Any], rows: TrainRows, split: Split, dataset: Pr
 
 
 def _write_regeneration(out_dir: Path, rows: TrainRows, pat_rows: TrainRows, stats: dict[str, Any],
-                        config: RegenerationConfig, reg_cfg, regenerator, name: str) -> None:
-    """Publish a regeneration folder atomically (everything or nothing)."""
+                        config: RegenerationConfig, reg_cfg, regenerator, name: str,
+                        trained_on: dict[str, Any] | None = None) -> None:
+    """Publish a regeneration folder atomically (everything or nothing).
+    ``trained_on``: where a decoded-again folder's regenerator was trained."""
     tmp = _atomic_dir(out_dir)
     try:
         save_rows(tmp / "regenerated.npz", rows)
@@ -227,7 +230,13 @@ def _write_regeneration(out_dir: Path, rows: TrainRows, pat_rows: TrainRows, sta
         (tmp / "report.html").write_text(render_regeneration_html(stats, f"DR4SR regeneration of {name}"))
         _write_json(
             tmp / "config.json",
-            {"regeneration": config.model_dump(mode="json"), "regenerator": reg_cfg.to_dict(), "code_version": _code_version()},
+            {
+                "regeneration": config.model_dump(mode="json"), "regenerator": reg_cfg.to_dict(),
+                "code_version": _code_version(),
+                # a seed reproduces these rows bit for bit only on the same software and CPU kernel path
+                "environment": fingerprint(config.device),
+                **({"regenerator_environment": trained_on} if trained_on else {}),
+            },
         )
         if regenerator is not None:
             from models.regenerator import save_regenerator
@@ -311,7 +320,8 @@ def redecode(
     stats["timings"] = {**old_stats.get("timings", {}), "decode_s": decode_s}
     stats["redecoded_from"] = str(from_dir)
     _summarise(stats, rows, split, dataset, beta_set=config.beta is not None, patterns_only=False)
-    _write_regeneration(out_dir, rows, pat_rows, stats, config, reg_cfg, regenerator, dataset.name)
+    trained_on = made_with.get("regenerator_environment") or made_with.get("environment")
+    _write_regeneration(out_dir, rows, pat_rows, stats, config, reg_cfg, regenerator, dataset.name, trained_on)
     return RegenerationOutcome(rows=rows, stats=stats, out_dir=out_dir)
 
 
@@ -422,6 +432,7 @@ def train(
         "valid": result.valid_metrics,
         "test": result.test_metrics,
         "history": result.history,
+        "environment": fingerprint(config.device),  # bit-identical reruns need the same (models/environment.py)
     }
     if result.finetune is not None:
         report["finetune"] = result.finetune

@@ -46,6 +46,54 @@ def test_regenerate_writes_every_artifact(regenerated):
     assert json.loads((out / "config.json").read_text())["regeneration"]["profile"] == "fixed"
 
 
+def test_regeneration_and_training_record_what_they_ran_on(regenerated, dataset, tmp_path, monkeypatch):
+    """A seed reproduces a regeneration bit for bit only on the same software
+    and CPU kernel path, so the folder and the train report name both."""
+    import torch
+
+    _, out = regenerated
+    made_on = json.loads((out / "config.json").read_text())["environment"]
+    assert made_on["torch"] == torch.__version__
+    assert made_on["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert made_on["torch_threads"] == torch.get_num_threads() and made_on["cpu"]
+    assert "kernel_variables" not in made_on or "MKL_CBWR" not in made_on["kernel_variables"]
+    # a pinned kernel path is part of the record; a folder decoded again keeps where it was trained
+    monkeypatch.setenv("MKL_CBWR", "AVX2")
+    again = tmp_path / "again"
+    redecode(dataset, RegenerationConfig(regenerator_epochs=2, pretrain_epochs=2,
+                                         regenerator={"restrictive_steps": 1}), out, again)
+    written = json.loads((again / "config.json").read_text())
+    assert written["environment"]["kernel_variables"] == {"MKL_CBWR": "AVX2"}
+    assert written["regenerator_environment"] == made_on
+    outcome = train(dataset, None, TrainJobConfig(epochs=1), tmp_path / "trained")
+    assert outcome.report["environment"]["kernel_variables"] == {"MKL_CBWR": "AVX2"}
+    assert json.loads((tmp_path / "trained" / "report.json").read_text())["environment"] == outcome.report["environment"]
+
+
+def test_a_seed_regenerates_the_same_rows_in_another_process(regenerated, tmp_path):
+    """Bit-for-bit reproducibility on one machine: a fresh process (its own
+    hash seed, allocator and thread pool) regenerates byte-identical rows."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, out = regenerated
+    script = (
+        "import sys; from models.data.synthetic import generate; from models.data.preprocess import prepare; "
+        "from models.pipeline import RegenerationConfig, regenerate; "
+        "d = prepare(generate(num_users=220, num_items=90, num_patterns=15, seed=3).interactions, name='tiny'); "
+        "regenerate(d, RegenerationConfig(regenerator_epochs=2, pretrain_epochs=2), sys.argv[1])"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "other")], cwd=root, env=env, check=True, timeout=600)
+    ours, theirs = np.load(out / "regenerated.npz"), np.load(tmp_path / "other" / "regenerated.npz")
+    assert ours.files == theirs.files
+    for name in ours.files:
+        assert np.array_equal(ours[name], theirs[name]), name
+
+
 def test_regenerate_cancelled_leaves_nothing(dataset, tmp_path):
     def cancel_at_regenerator(event: ProgressEvent) -> None:
         if event.stage.startswith("regenerator"):
