@@ -111,6 +111,16 @@ def test_an_untagged_arm_is_pooled_against_the_originals_it_was_paired_with():
     assert table.paired_originals([_run("dr4sr", 2)], records) == []  # no original for seed 2
 
 
+def _per_user_paths(tmp_path, monkeypatch):
+    """quality.py's per-user file name of a record (results redirected to tmp_path)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    monkeypatch.setenv("DR4SR_QUALITY_RESULTS", str(tmp_path))
+    import quality
+
+    full = {"profile": None, "personalizer_profile": None, "ablation": "none"}
+    return lambda rec: quality._per_user_path({**rec, **full})
+
+
 def test_runs_on_different_devices_are_different_arms_and_never_pair(tmp_path, monkeypatch):
     table = _table_module()
     cpu = _run("original", 1, per_user="o1")
@@ -121,13 +131,9 @@ def test_runs_on_different_devices_are_different_arms_and_never_pair(tmp_path, m
     assert table.pairs_with(gpu, gpu_dr4sr) and not table.pairs_with(cpu, gpu_dr4sr)
     assert table.paired_originals([gpu_dr4sr], [gpu, cpu]) == [gpu]
     # and their per-user files do not overwrite each other
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    monkeypatch.setenv("DR4SR_QUALITY_RESULTS", str(tmp_path))
-    import quality
-
-    full = {"profile": None, "personalizer_profile": None, "ablation": "none"}
-    assert quality._per_user_path({**cpu, **full}) != quality._per_user_path({**gpu, **full})
-    assert "NVIDIA_H200" in quality._per_user_path({**gpu, **full}).name
+    path = _per_user_paths(tmp_path, monkeypatch)
+    assert path(cpu) != path(gpu)
+    assert "NVIDIA_H200" in path(gpu).name
 
 
 def test_the_resolved_number_of_negatives_is_part_of_the_arm(tmp_path, monkeypatch):
@@ -150,13 +156,9 @@ def test_the_resolved_number_of_negatives_is_part_of_the_arm(tmp_path, monkeypat
     assert not table.pairs_with(old_default, new_dr4sr)
     assert table.paired_originals([new_dr4sr], [explicit, old_default]) == [explicit]
     # per-user files of a new default never overwrite those of the old one
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    monkeypatch.setenv("DR4SR_QUALITY_RESULTS", str(tmp_path))
-    import quality
-
-    full = {"profile": None, "personalizer_profile": None, "ablation": "none"}
-    assert quality._per_user_path({**old_default, **full}) != quality._per_user_path({**new_default, **full})
-    assert "-n1024" in quality._per_user_path({**new_default, **full}).name
+    path = _per_user_paths(tmp_path, monkeypatch)
+    assert path(old_default) != path(new_default)
+    assert "-n1024" in path(new_default).name
     # and the table names the negatives of each sampled-softmax arm
     text = table.render([{**r, "commit": "x", "test": {"ndcg@20": 0.1, "recall@20": 0.2, "ndcg@10": 0.05},
                           "epochs": 3, "stopped": "early"} for r in (old_default, new_default)], "")
