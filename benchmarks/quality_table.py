@@ -237,6 +237,12 @@ def _weights(runs: list[dict]) -> str:
     return ", ".join(parts) or "–"
 
 
+def _regenerated_rows(runs: list[dict]) -> str:
+    """Each seed's count of regenerated rows: which regeneration it trained on."""
+    counts = [(r.get("rows") or {}).get("regenerated") for r in runs]
+    return "; ".join(f"{c:,}" if c is not None else "?" for c in counts)
+
+
 def render(records: list[dict[str, Any]], notes: str) -> str:
     legacy = [r for r in records if "commit" not in r]
     current = [r for r in records if "commit" in r]
@@ -256,10 +262,11 @@ def render(records: list[dict[str, Any]], notes: str) -> str:
         "comparable); `p (pooled)` = paired t-test over users of NDCG@20 averaged over the seeds",
         "both arms share, against the original arm of the same dataset, model, loss and batching",
         "(▲/▼ significant at 0.05, = not significant); `p per seed` = the same test seed by seed.",
-        "One regeneration per dataset and setting serves every seed and model.",
+        "One regeneration per dataset and setting serves every seed and model of a session; sessions run on",
+        "different machines and their regenerations differ (`regenerated rows` per seed; README, Reproducibility).",
         "",
-        "| dataset | model | loss | variant | arm | seeds | NDCG@20 | Recall@20 | NDCG@10 | paper N@20 | early | p (pooled) | p per seed | DR4SR+ weights | epochs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| dataset | model | loss | variant | arm | seeds | NDCG@20 | Recall@20 | NDCG@10 | paper N@20 | early | p (pooled) | p per seed | DR4SR+ weights | epochs | regenerated rows |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def sort_key(item):
@@ -314,6 +321,7 @@ def render(records: list[dict[str, Any]], notes: str) -> str:
                 "; ".join(per_seed) or "–",
                 _weights(runs) if variant == "dr4sr+" else "",
                 ",".join(str(r["epochs"]) for r in runs),
+                _regenerated_rows(runs) if variant != "original" else "",
             ]) + " |"
         )
     if legacy:
@@ -349,7 +357,7 @@ def compact(records: list[dict[str, Any]]) -> str:
         if not line.startswith("| ") or line.startswith("| dataset") or "Legacy" in line:
             continue
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) != 15:
+        if len(cells) != 16:
             continue
         dataset, model, loss, variant, arm, seeds, n20, _, _, paper, _, pooled = cells[:12]
         lines.append(f"| {dataset} | {model} | {loss} | {variant} | {arm} | {seeds} | {n20} | {paper} | {pooled} |")

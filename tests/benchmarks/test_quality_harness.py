@@ -78,6 +78,10 @@ def test_the_table_is_generated_with_pooled_significance(recorded):
     cells = [c.strip() for c in dr4sr.split("|")]
     assert cells[12] != "–" and "(W " in cells[12]  # pooled paired test over both seeds
     assert cells[13].startswith("s1 ") and "s2 " in cells[13]
+    # which regeneration each seed trained on: its regenerated rows (one shared regeneration here)
+    counts = [c.strip().replace(",", "") for c in cells[16].split(";")]
+    assert len(counts) == 2 and counts[0] == counts[1] and counts[0].isdigit()
+    assert [c.strip() for c in original.split("|")][16] == ""
 
 
 def _table_module():
