@@ -254,6 +254,8 @@ def render_html(report: dict) -> str:
     parts.append(_kv_table("Protocol", report.get("protocol", {})))
     if report.get("valid"):
         parts.append(_kv_table("Validation metrics (best epoch)", report["valid"]))
+    parts.append(_kv_table("Environment (a seed reproduces this run bit for bit only on the same)",
+                           report.get("environment") or {}))
     parts.append("</body></html>")
     return "".join(parts)
 

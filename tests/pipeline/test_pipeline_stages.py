@@ -68,6 +68,8 @@ def test_regeneration_and_training_record_what_they_ran_on(regenerated, dataset,
     outcome = train(dataset, None, TrainJobConfig(epochs=1), tmp_path / "trained")
     assert outcome.report["environment"]["kernel_variables"] == {"MKL_CBWR": "AVX2"}
     assert json.loads((tmp_path / "trained" / "report.json").read_text())["environment"] == outcome.report["environment"]
+    page = (tmp_path / "trained" / "report.html").read_text()
+    assert "Environment" in page and "MKL_CBWR" in page and torch.__version__ in page
 
 
 def test_a_seed_regenerates_the_same_rows_in_another_process(regenerated, tmp_path):
