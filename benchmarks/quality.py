@@ -66,6 +66,7 @@ from models.pipeline import (  # noqa: E402
     redecode,
     redecode_mismatch,
     regenerate,
+    regenerator_environment,
     train,
 )
 from models.progress import ProgressEvent  # noqa: E402
@@ -168,13 +169,8 @@ def regenerated_rows(dataset_path: Path, dataset, settings: dict[str, Any], devi
                 _log(f"regenerating {dataset_path.name} with {settings} -> {folder}")
                 regenerate(dataset, config, folder, _progress(f"regen {dataset_path.stem}"))
     stats = json.loads((folder / "stats.json").read_text())
-    made_with = json.loads((folder / "config.json").read_text())["regeneration"]
+    made_with = json.loads((folder / "config.json").read_text())  # regeneration settings, environment
     return load_rows(folder / "regenerated.npz"), stats, made_with, folder
-
-
-def _made_on(folder: Path) -> dict[str, Any] | None:
-    made = json.loads((folder / "config.json").read_text())
-    return made.get("regenerator_environment") or made.get("environment")
 
 
 def _load_records() -> list[dict[str, Any]]:
@@ -194,8 +190,9 @@ def _per_user_path(rec: dict[str, Any]) -> Path:
         f"s{rec['seed']}", rec.get("profile") or "none", rec.get("personalizer_profile") or "none",
         rec.get("ablation", "none"), f"b{rec.get('bucket_chunk', 0)}",
     ]
-    if negatives(rec) not in (None, NUM_NEGATIVES_BEFORE_RECORDED):  # 256: the files named before the switch
-        parts.append(f"n{negatives(rec)}")
+    neg = negatives(rec)
+    if neg not in (None, NUM_NEGATIVES_BEFORE_RECORDED):  # 256: the files named before the switch
+        parts.append(f"n{neg}")
     if rec.get("regeneration_settings"):
         parts.append(hashlib.sha1(json.dumps(rec["regeneration_settings"], sort_keys=True).encode()).hexdigest()[:8])
     if rec.get("train_settings"):
@@ -248,11 +245,16 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
         "train_settings": _parse_sets(args.train_set),
         "tag": args.tag,
     }
-    # the resolved value, part of the arm: a changed default never pools with runs made under the old one
-    rec["num_negatives"] = (
-        int(rec["train_settings"].get("num_negatives", TrainJobConfig.model_fields["num_negatives"].default))
-        if loss == "sampled_ce" else None
+    personalizer = {"profile": args.personalizer_profile, **_parse_sets(args.pers_set)}
+    if args.ablation == "end_to_end":
+        personalizer["mode"] = "end_to_end"
+    cfg = TrainJobConfig(
+        model=model, personalize=variant == "dr4sr+", epochs=args.epochs, patience=args.patience,
+        seed=seed, device=device, loss=loss, bucket_chunk=args.bucket_chunk, personalizer=personalizer,
+        **rec["train_settings"],
     )
+    # the resolved value, part of the arm: a changed default never pools with runs made under the old one
+    rec["num_negatives"] = cfg.num_negatives if loss == "sampled_ce" else None
     records = _load_records()
     if not args.force and any(_identity(r) == _identity(rec) for r in records):
         _log(f"skip (already recorded): {dataset_path.name} {model} {variant} {loss} seed {seed}")
@@ -261,18 +263,10 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
     if dataset_path not in cache:
         cache[dataset_path] = prepare(dataset_path)
     dataset = cache[dataset_path]
-    rows, regen_stats, regen_folder = None, None, None
+    rows, regen_stats, made_with, regen_folder = None, None, None, None
     if variant != "original":
         rows, regen_stats, made_with, regen_folder = regenerated_rows(dataset_path, dataset, settings, device)
-        rec["profile"] = made_with["profile"]
-    personalizer = {"profile": args.personalizer_profile, **_parse_sets(args.pers_set)}
-    if args.ablation == "end_to_end":
-        personalizer["mode"] = "end_to_end"
-    cfg = TrainJobConfig(
-        model=model, personalize=variant == "dr4sr+", epochs=args.epochs, patience=args.patience,
-        seed=seed, device=device, loss=loss, bucket_chunk=args.bucket_chunk, personalizer=personalizer,
-        **_parse_sets(args.train_set),
-    )
+        rec["profile"] = made_with["regeneration"]["profile"]
     tag = f"{dataset_path.stem} {model} {variant} {loss} s{seed}"
     _log(f"start {tag}")
     work = REGEN_CACHE.parent / "runs" / f"{tag.replace(' ', '-')}-{int(time.time())}"
@@ -298,7 +292,7 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
             "redecoded_from": regen_stats.get("redecoded_from") and str(Path(regen_stats["redecoded_from"]).name),
             "shared_by_seeds": True,
             # where its regenerator was trained: a seed gives other rows on another CPU kernel path
-            "environment": _made_on(regen_folder),
+            "environment": regenerator_environment(made_with),
         },
         "environment": report.get("environment"),
         "commit": _commit(),

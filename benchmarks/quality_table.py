@@ -89,12 +89,17 @@ def negatives(rec: dict[str, Any]) -> int | None:
     return int((rec.get("train_settings") or {}).get("num_negatives", NUM_NEGATIVES_BEFORE_RECORDED))
 
 
+def _settings_without(settings: str | dict[str, Any] | None, *keys: str) -> str:
+    d = json.loads(settings) if isinstance(settings, str) else dict(settings or {})
+    for key in keys:
+        d.pop(key, None)
+    return json.dumps(d, sort_keys=True)
+
+
 def _train_settings(rec: dict[str, Any]) -> str:
     """Training settings as part of an arm; ``num_negatives`` is left out, as
     ``negatives`` keys the arm by the resolved value."""
-    d = dict(rec.get("train_settings") or {})
-    d.pop("num_negatives", None)
-    return json.dumps(d, sort_keys=True)
+    return _settings_without(rec.get("train_settings"), "num_negatives")
 
 
 def arm_key(rec: dict[str, Any]) -> tuple:
@@ -116,10 +121,7 @@ def original_train_settings(settings: str | dict[str, Any] | None) -> str:
     left out, because a second phase on the original rows changes nothing when
     every row is original (the plain original run is that arm's baseline);
     ``num_negatives`` too, compared as ``negatives`` (resolved)."""
-    d = json.loads(settings) if isinstance(settings, str) else dict(settings or {})
-    d.pop("finetune", None)
-    d.pop("num_negatives", None)
-    return json.dumps(d, sort_keys=True)
+    return _settings_without(settings, "finetune", "num_negatives")
 
 
 def _fmt(values: list[float]) -> str:

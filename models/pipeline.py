@@ -320,9 +320,15 @@ def redecode(
     stats["timings"] = {**old_stats.get("timings", {}), "decode_s": decode_s}
     stats["redecoded_from"] = str(from_dir)
     _summarise(stats, rows, split, dataset, beta_set=config.beta is not None, patterns_only=False)
-    trained_on = made_with.get("regenerator_environment") or made_with.get("environment")
-    _write_regeneration(out_dir, rows, pat_rows, stats, config, reg_cfg, regenerator, dataset.name, trained_on)
+    _write_regeneration(out_dir, rows, pat_rows, stats, config, reg_cfg, regenerator, dataset.name,
+                        regenerator_environment(made_with))
     return RegenerationOutcome(rows=rows, stats=stats, out_dir=out_dir)
+
+
+def regenerator_environment(made_with: dict[str, Any]) -> dict[str, Any] | None:
+    """Where the regenerator of the folder whose ``config.json`` is ``made_with``
+    was trained (a decoded-again folder keeps its source's)."""
+    return made_with.get("regenerator_environment") or made_with.get("environment")
 
 
 def _code_version() -> str:
