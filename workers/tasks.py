@@ -215,6 +215,12 @@ def _compare(run: JobRun, job: ClaimedJob, scratch: Path) -> Outcome:
 
     with session_scope(run.ctx.sessions) as session:
         kids = [(k.id, k.state, dict(k.parameters), k.error) for k in children(session, job.id)]
+    # The report lists runs in the order the compare planned them (model x
+    # seed x variant), not the rows' creation order: the children are
+    # inserted in one transaction, so their timestamps tie and the database
+    # would fall back to the order of their random ids.
+    planned = {k["job_id"]: n for n, k in enumerate(job.parameters.get("children", []))}
+    kids.sort(key=lambda kid: planned.get(kid[0], len(planned)))
     if not kids:
         raise LookupError(f"compare job {job.id} has no train jobs")
     bad = [(i, state, p, err) for i, state, p, err in kids if state != "succeeded"]
