@@ -62,7 +62,7 @@ _DATASETS = (
         func.count().over().label("total_count"),
     )
     .where(DATASETS.c.owner_id == bindparam("owner"))
-    .order_by(DATASETS.c.created_at.desc())
+    .order_by(DATASETS.c.created_at.desc(), DATASETS.c.id)
     .limit(bindparam("limit"))
     .offset(bindparam("offset"))
 )
@@ -134,7 +134,9 @@ def jobs(
     page = (
         select(JOBS, func.count().over().label("total_count"))
         .where(*where)
-        .order_by(JOBS.c.created_at.desc())
+        # id breaks ties of created_at (a compare inserts its train jobs
+        # together), so that pages neither repeat nor skip a job.
+        .order_by(JOBS.c.created_at.desc(), JOBS.c.id)
         .limit(limit)
         .offset(offset)
     )

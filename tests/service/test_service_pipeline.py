@@ -264,6 +264,14 @@ def test_compare_trains_each_model_on_each_variant(stack: Stack, regenerated: di
         listed = c.get("/jobs", params={"parent_job_id": submitted["id"]}).json()
         assert listed["total"] == 4
         assert {j["id"] for j in listed["items"]} == {k["job_id"] for k in plan}
+        # The train jobs are inserted together, so their created_at may tie:
+        # paging one at a time still visits each exactly once.
+        paged = [
+            c.get("/jobs", params={"parent_job_id": submitted["id"], "limit": 1, "offset": n})
+            .json()["items"][0]["id"]
+            for n in range(4)
+        ]
+        assert sorted(paged) == sorted(k["job_id"] for k in plan)
         assert all(j["kind"] == "train" and j["parent_job_id"] == submitted["id"]
                    for j in listed["items"])
 
