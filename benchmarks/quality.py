@@ -56,7 +56,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.config import LOSSES  # noqa: E402
+from models.config import LOSSES, PersonalizerConfig  # noqa: E402
 from models.data.preprocess import prepare  # noqa: E402
 from models.evaluation import paired_significance  # noqa: E402
 from models.pipeline import (  # noqa: E402
@@ -223,6 +223,23 @@ def p_vs_original(rec: dict[str, Any], records: list[dict[str, Any]]) -> dict[st
             "mean_diff": test["mean_diff"], "n": int(test["n"]), "original": base["per_user"]}
 
 
+# A DR4SR+ record's ``personalizer_settings`` are what its resolved
+# personalizer differs in from its profile as the profiles stood when records
+# began: SGD, weights not normalised. The ``fixed`` profile has since gained
+# Adam and normalised weights; measured against the old profile, a run of the
+# new default and an old run with those two overrides are one arm, and an old
+# ``fixed`` run stays a different one.
+PERSONALIZER_AS_FIRST_RECORDED = {"meta_optimizer": "sgd", "normalize": False}
+
+
+def personalizer_settings(cfg: TrainJobConfig) -> dict[str, Any]:
+    built = cfg.personalizer_config()
+    maker = PersonalizerConfig.parity if cfg.personalizer.profile == "parity" else PersonalizerConfig.fixed
+    reference = maker(**PERSONALIZER_AS_FIRST_RECORDED).as_dict()
+    # "mode" (end_to_end) is recorded as the ablation
+    return {k: v for k, v in built.as_dict().items() if k != "mode" and v != reference[k]}
+
+
 def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed: int,
             cache: dict) -> dict[str, Any] | None:
     settings = {"profile": args.profile, **_parse_sets(args.regen_set)}
@@ -239,7 +256,7 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
         "ablation": args.ablation if variant != "original" else "none",
         "profile": settings["profile"] if variant != "original" else None,
         "personalizer_profile": args.personalizer_profile if variant == "dr4sr+" else None,
-        "personalizer_settings": _parse_sets(args.pers_set) if variant == "dr4sr+" else {},
+        "personalizer_settings": {},  # resolved below for dr4sr+
         "regeneration_settings": {k: v for k, v in settings.items() if k != "profile"} if variant != "original" else {},
         "bucket_chunk": args.bucket_chunk,
         "train_settings": _parse_sets(args.train_set),
@@ -255,6 +272,8 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
     )
     # the resolved value, part of the arm: a changed default never pools with runs made under the old one
     rec["num_negatives"] = cfg.num_negatives if loss == "sampled_ce" else None
+    if variant == "dr4sr+":
+        rec["personalizer_settings"] = personalizer_settings(cfg)
     records = _load_records()
     if not args.force and any(_identity(r) == _identity(rec) for r in records):
         _log(f"skip (already recorded): {dataset_path.name} {model} {variant} {loss} seed {seed}")

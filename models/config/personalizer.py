@@ -51,11 +51,11 @@ class PersonalizerConfig(_Frozen):
     meta_weight_decay: Float = Field(1e-3, ge=0.0, le=1.0, description="Weight decay of the personalizer's optimiser.")
     meta_optimizer: Literal["sgd", "adam"] = Field(
         "sgd",
-        description="The personalizer's optimiser: 'sgd' with meta_momentum (the released code) or 'adam', whose step does not scale with the hypergradient's norm (about 0.01 on Amazon Beauty, where SGD at meta_lr 1e-3 leaves the weights at their initial 0.50).",
+        description="The personalizer's optimiser: 'sgd' with meta_momentum (the released code; parity profile) or 'adam' (fixed profile), whose step does not scale with the hypergradient's norm (about 0.01 on Amazon Beauty, where SGD at meta_lr 1e-3 leaves the weights at their initial 0.50).",
     )
     normalize: Bool = Field(
         False,
-        description="Divide the weights of personalised positions by their mean over the batch: the personalizer can then only move weight between rows, not scale every row at once (the direction the hypergradient mostly points along), and DR4SR+ starts from DR4SR's unweighted loss. Weights then average 1 per batch and may exceed 1, as in learning-to-reweight.",
+        description="Divide the weights of personalised positions by their mean over the batch: the personalizer can then only move weight between rows, not scale every row at once (the direction the hypergradient mostly points along), and DR4SR+ starts from DR4SR's unweighted loss. Weights then average 1 per batch and may exceed 1, as in learning-to-reweight. True in the fixed profile, false in parity.",
     )
     hidden: Int = Field(64, ge=1, le=65536, description="Hidden width of the personalizer MLP.")
     dev_data: Literal["train_batch", "heldout"] = Field(
@@ -93,9 +93,12 @@ class PersonalizerConfig(_Frozen):
 
     @classmethod
     def fixed(cls, **overrides: Any) -> PersonalizerConfig:
-        """Every quirk flag flipped: held-out dev targets, detached h, learnable τ,
-        only regenerated rows re-weighted."""
-        base = dict(dev_data="heldout", detach_hidden=True, learn_tau=True, weight_sources=frozenset({"regenerated"}))
+        """Every quirk flag flipped (held-out dev targets, detached h, learnable
+        τ, only regenerated rows re-weighted), with Adam and normalised weights
+        so that the weights move at all (under the released SGD at meta_lr 1e-3
+        they stay at their initial 0.50 on Amazon data)."""
+        base = dict(dev_data="heldout", detach_hidden=True, learn_tau=True, weight_sources=frozenset({"regenerated"}),
+                    meta_optimizer="adam", normalize=True)
         return cls(**{**base, **overrides})
 
     @property
@@ -114,7 +117,10 @@ _PersonalizerFields = _overrides_of(PersonalizerConfig, "_PersonalizerFields", "
 class PersonalizerOptions(_PersonalizerFields):  # type: ignore[valid-type, misc]
     """DR4SR+: a profile and overrides of its values (null keeps the profile's value)."""
 
-    profile: Profile = Field("parity", description="'parity' (released code, the default) or 'fixed' (every DR4SR+ quirk flipped).")
+    profile: Profile = Field(
+        "fixed",
+        description="'fixed' (the default: every DR4SR+ quirk flipped, Adam and normalised weights, so the weights carry information) or 'parity' (the released code, whose weights stay at 0.50).",
+    )
 
     @field_validator("weight_sources", mode="before")
     @classmethod

@@ -169,6 +169,31 @@ def test_the_resolved_number_of_negatives_is_part_of_the_arm(tmp_path, monkeypat
     assert "256 negatives" in text and "1024 negatives" in text
 
 
+def test_dr4sr_plus_settings_are_recorded_against_the_profiles_as_first_recorded(tmp_path, monkeypatch):
+    """The ``fixed`` personalizer gained Adam and normalised weights: a run of
+    the new default must key as the old runs that set both by hand, and an old
+    ``fixed`` run (SGD) must stay a different arm."""
+    _per_user_paths(tmp_path, monkeypatch)
+    import quality
+
+    from models.pipeline import TrainJobConfig
+
+    def recorded(**personalizer):
+        return quality.personalizer_settings(TrainJobConfig(model="sasrec", personalize=True, personalizer=personalizer))
+
+    by_hand = {"meta_optimizer": "adam", "normalize": True}
+    assert recorded() == by_hand  # the job's default is the fixed profile
+    assert recorded(profile="fixed", **by_hand) == by_hand
+    assert recorded(profile="fixed", meta_optimizer="sgd", normalize=False) == {}  # the old fixed profile
+    assert recorded(profile="parity") == {}
+    assert recorded(profile="fixed", tau_init=1.0) == {**by_hand, "tau_init": 1.0}
+    table = _table_module()
+    new = {**_run("dr4sr+", 1), "personalizer_profile": "fixed", "personalizer_settings": recorded()}
+    old_by_hand = {**_run("dr4sr+", 1), "personalizer_profile": "fixed", "personalizer_settings": by_hand}
+    old_fixed = {**_run("dr4sr+", 1), "personalizer_profile": "fixed", "personalizer_settings": {}}
+    assert table.arm_key(new) == table.arm_key(old_by_hand) != table.arm_key(old_fixed)
+
+
 def test_a_run_recorded_before_its_original_gets_its_per_seed_test_in_the_table(tmp_path, monkeypatch):
     """quality.py can only pair a run with an original that exists when it
     finishes; the table pairs the rest with the base arm's run of the same seed."""

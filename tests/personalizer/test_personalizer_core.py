@@ -43,6 +43,10 @@ def test_fixed_profile_flips_every_flag():
         assert getattr(par, name) != getattr(fix, name), name
     assert fix.weight_sources == {"regenerated"}
     assert fix.mode == "bilevel"
+    # beyond the quirks: a step that does not scale with the hypergradient's
+    # norm, and weights that can only move between rows
+    assert (par.meta_optimizer, par.normalize) == ("sgd", False)
+    assert (fix.meta_optimizer, fix.normalize) == ("adam", True)
 
 
 @pytest.mark.parametrize(
@@ -89,7 +93,8 @@ def test_config_types_are_checked():
 
 
 def test_options_pick_a_profile_and_override_it():
-    assert PersonalizerOptions().build() == PersonalizerConfig.parity()
+    assert PersonalizerOptions().build() == PersonalizerConfig.fixed()  # the default follows the quality grid
+    assert PersonalizerOptions(profile="parity").build() == PersonalizerConfig.parity()
     cfg = PersonalizerOptions.model_validate({"profile": "fixed", "interval": 5, "weight_sources": ["original"]}).build()
     assert cfg == PersonalizerConfig.fixed(interval=5, weight_sources=frozenset({"original"}))
     assert cfg.as_dict()["weight_sources"] == ["original"]

@@ -115,7 +115,9 @@ def test_fixed_profile_heldout_dev_learnable_tau_regenerated_only(tiny):
     w = result.weights
     assert w["original"]["mean"] == 1.0 and not w["original"]["weighted"]
     assert w["pattern"]["mean"] == 1.0
-    assert w["regenerated"]["weighted"] and 0.2 < w["regenerated"]["mean"] < 0.8
+    # normalised (the fixed profile): regenerated rows' weights average 1 and differ
+    assert w["regenerated"]["weighted"] and w["regenerated"]["mean"] == pytest.approx(1.0, abs=1e-4)
+    assert w["regenerated"]["std"] > 0
     assert result.meta["meta_steps"] > 0
     tau = float(result.personalizer.tau)
     assert tau != cfg.tau_init and tau >= cfg.tau_min  # τ got a hypergradient (Q15 fixed)

@@ -164,7 +164,9 @@ def test_train_writes_checkpoint_report_and_topk(dataset, tmp_path):
 
 def test_compare_reports_significance_against_original(dataset, regenerated, tmp_path):
     outcome, _ = regenerated
-    cfg = TrainJobConfig(epochs=1, personalizer={"warmup_epochs": 0, "interval": 3})
+    # parity weights original rows too: this one-epoch regeneration may decode
+    # no regenerated row, and the default (fixed) profile then refuses DR4SR+
+    cfg = TrainJobConfig(epochs=1, personalizer={"profile": "parity", "warmup_epochs": 0, "interval": 3})
     result = compare(dataset, outcome.rows, ["sasrec"], ["original", "dr4sr", "dr4sr+"], cfg, tmp_path / "cmp")
     runs = {r["variant"]: r for r in result.report["runs"]}
     assert set(runs) == {"original", "dr4sr", "dr4sr+"}
