@@ -23,7 +23,7 @@ from app.core.jobstate import (
 from app.core.orm import ACTIVE_STATES, Artifact, Dataset, Job, Principal, utcnow
 from app.core.settings import Settings
 from app.core.storage import ArtifactStore
-from app.errors import Conflict, NotFound, TooLarge, TooManyRequests, Unavailable
+from app.errors import Conflict, Invalid, NotFound, TooLarge, TooManyRequests, Unavailable
 from app.schemas import JobOut, JobProgress, StageProgress
 from models.progress import ProgressEvent
 
@@ -126,6 +126,23 @@ def regeneration_for(
             field="regeneration_job_id",
         )
     return job
+
+
+def check_personalizable(regeneration: Job, weight_sources: frozenset[str] | set[str]) -> None:
+    """DR4SR+ on ``regeneration`` must have rows to re-weight: a regeneration
+    that decoded no regenerated row (a short or tiny one can) leaves the
+    default ``fixed`` profile, which re-weights only regenerated rows, nothing
+    to learn, and the train job would fail after queueing. Answer 422 now."""
+    counts = dict((regeneration.result or {}).get("rows") or {})
+    if not counts or any(counts.get(source, 0) > 0 for source in weight_sources):
+        return
+    raise Invalid(
+        f"DR4SR+ would re-weight nothing: regeneration {regeneration.id} has no rows from "
+        f"weight_sources {sorted(weight_sources)} (rows per source: {counts}); use another "
+        "regeneration, or set parameters.personalizer.profile to 'parity' (which re-weights "
+        "original rows too) or add 'original' to parameters.personalizer.weight_sources",
+        field="parameters.personalizer.weight_sources",
+    )
 
 
 # The kinds a principal submits; validation jobs follow uploads and are

@@ -16,6 +16,7 @@ from app.downloads import MEDIA_TYPES, stream_artifact, tar_stream
 from app.errors import Conflict, NotFound, responses
 from app.jobs import (
     artifact_kinds,
+    check_personalizable,
     is_id,
     owned_job,
     ready_dataset,
@@ -88,7 +89,8 @@ def submit_regenerate(
     summary="Train a target recommender",
     description="On the original training rows or a regenerated dataset (the latest "
     "successful regeneration unless `regeneration_job_id` is given); `personalize` adds "
-    "the DR4SR+ personalizer.",
+    "the DR4SR+ personalizer (refused with 422 when the personalizer would re-weight no row: "
+    "the default `fixed` profile re-weights only regenerated rows).",
 )
 def submit_train(
     body: TrainRequest, session: SessionDep, principal: PrincipalDep, services: ServicesDep
@@ -96,7 +98,10 @@ def submit_train(
     ds = ready_dataset(session, principal, body.dataset_id)
     source = None
     if body.data == "regenerated":
-        source = regeneration_for(session, principal, ds, body.regeneration_job_id).id
+        regeneration = regeneration_for(session, principal, ds, body.regeneration_job_id)
+        if body.personalize:
+            check_personalizable(regeneration, body.config().personalizer_config().weight_sources)
+        source = regeneration.id
     parameters = {
         "data": body.data,
         "model": body.model,
@@ -138,7 +143,10 @@ def submit_compare(
     ds = ready_dataset(session, principal, body.dataset_id)
     source = None
     if any(v != "original" for v in body.variants):
-        source = regeneration_for(session, principal, ds, body.regeneration_job_id).id
+        regeneration = regeneration_for(session, principal, ds, body.regeneration_job_id)
+        if "dr4sr+" in body.variants:
+            check_personalizable(regeneration, body.config().personalizer_config().weight_sources)
+        source = regeneration.id
     job = create_compare(
         session,
         services.celery,

@@ -119,17 +119,25 @@ def test_regenerator_checkpoint_is_a_tar_of_weights_and_config(
 
 def test_train_personalised_on_regenerated_data(stack: Stack, regenerated: dict) -> None:
     ds_id, regen_id = regenerated["dataset"]["id"], regenerated["job"]["id"]
+    body = {"dataset_id": ds_id, "data": "regenerated", "model": "sasrec", "personalize": True}
     with stack.client() as c:
-        r = c.post(
-            "/jobs/train",
-            json={
-                "dataset_id": ds_id,
-                "data": "regenerated",
-                "model": "sasrec",
-                "personalize": True,
-                "parameters": TINY_TRAIN,
-            },
-        )
+        # DR4SR+ needs rows to re-weight. The default (fixed) profile re-weights
+        # only regenerated rows, and this tiny regeneration decoded none: the
+        # request is refused before anything is queued, for a train job and for
+        # a compare with a dr4sr+ variant alike.
+        assert regenerated["job"]["result"]["rows"]["regenerated"] == 0
+        jobs_before = c.get("/jobs").json()["total"]
+        for path, extra in (("/jobs/train", {"parameters": TINY_TRAIN}),
+                            ("/jobs/compare", {"variants": ["original", "dr4sr+"], "parameters": TINY_TRAIN})):
+            refused = c.post(path, json={**body, **extra} if path.endswith("train") else {
+                "dataset_id": ds_id, "models": ["sasrec"], **extra})
+            assert refused.status_code == 422, refused.text
+            error = refused.json()["error"]
+            assert error["field"] == "parameters.personalizer.weight_sources"
+            assert "'regenerated': 0" in error["message"] and "parity" in error["message"]
+        assert c.get("/jobs").json()["total"] == jobs_before
+        # parity re-weights the original rows as well
+        r = c.post("/jobs/train", json={**body, "parameters": {**TINY_TRAIN, "personalizer": {"profile": "parity"}}})
         assert r.status_code == 202, r.text
         job = poll(c, r.json()["id"], timeout=240, stack=stack)
         assert job["state"] == "succeeded", job
