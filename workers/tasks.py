@@ -217,8 +217,8 @@ def _compare(run: JobRun, job: ClaimedJob, scratch: Path) -> Outcome:
         kids = [(k.id, k.state, dict(k.parameters), k.error) for k in children(session, job.id)]
     # The report lists runs in the order the compare planned them (model x
     # seed x variant), not the rows' creation order: the children are
-    # inserted in one transaction, so their timestamps tie and the database
-    # would fall back to the order of their random ids.
+    # inserted together, their timestamps can tie, and the database then
+    # falls back to the order of their random ids.
     planned = {k["job_id"]: n for n, k in enumerate(job.parameters.get("children", []))}
     kids.sort(key=lambda kid: planned.get(kid[0], len(planned)))
     if not kids:
