@@ -188,9 +188,14 @@ def register(app: typer.Typer) -> None:
                        device=device, max_len=max_len)
         config = _config(T, options, set_)
         dataset = _load_dataset(file, fmt, user_core, item_core, config.max_len)
+        from models.personalizer.errors import PersonalizerConfigError
+
         rows = load_rows(regenerated / "regenerated.npz") if regenerated is not None else None
         with TerminalProgress() as progress:
-            outcome = train(dataset, rows, config, out, progress)
+            try:
+                outcome = train(dataset, rows, config, out, progress)
+            except PersonalizerConfigError as exc:  # e.g. DR4SR+ with no row to re-weight
+                raise _fail(str(exc)) from None
         _print_metrics(f"{config.model} ({outcome.report['variant']}) test metrics:", outcome.report["test"])
         from models.composition import format_warnings
 

@@ -210,6 +210,13 @@ def test_cli_regenerate_then_train_end_to_end(tmp_path):
                               "--out", str(tmp_path / "run")])
     assert res.exit_code == 0, res.output
     assert "test metrics" in res.output
+    # DR4SR+ under the default (fixed) profile re-weights only regenerated rows,
+    # and this one-epoch regeneration decoded none: the CLI says so in one line
+    assert json.loads((tmp_path / "regen" / "stats.json").read_text())["rows"]["regenerated"] == 0
+    res = runner.invoke(cli, ["train", str(log), "--regenerated", str(tmp_path / "regen"), "--epochs", "1",
+                              "--personalize", "--out", str(tmp_path / "plus")])
+    assert res.exit_code == 2 and "no training row comes from a weighted source" in res.output, res.output
+    assert "Traceback" not in res.output
     res = runner.invoke(cli, ["evaluate", str(tmp_path / "run"), str(log), "--out", str(tmp_path / "eval")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "eval" / "report.json").read_text())["test"]["ndcg@20"] >= 0
