@@ -25,6 +25,7 @@ from app.core.settings import Settings
 from app.core.storage import ArtifactStore
 from app.errors import Conflict, Invalid, NotFound, TooLarge, TooManyRequests, Unavailable
 from app.schemas import JobOut, JobProgress, StageProgress
+from models.config import PersonalizerConfig
 from models.progress import ProgressEvent
 
 # Artifact kind -> link name in JobOut.links (and the route serving it).
@@ -128,21 +129,21 @@ def regeneration_for(
     return job
 
 
-def check_personalizable(regeneration: Job, weight_sources: frozenset[str] | set[str]) -> None:
+def check_personalizable(regeneration: Job, personalizer: PersonalizerConfig) -> None:
     """DR4SR+ on ``regeneration`` must have rows to re-weight: a regeneration
     that decoded no regenerated row (a short or tiny one can) leaves the
     default ``fixed`` profile, which re-weights only regenerated rows, nothing
-    to learn, and the train job would fail after queueing. Answer 422 now."""
-    counts = dict((regeneration.result or {}).get("rows") or {})
-    if not counts or any(counts.get(source, 0) > 0 for source in weight_sources):
-        return
-    raise Invalid(
-        f"DR4SR+ would re-weight nothing: regeneration {regeneration.id} has no rows from "
-        f"weight_sources {sorted(weight_sources)} (rows per source: {counts}); use another "
-        "regeneration, or set parameters.personalizer.profile to 'parity' (which re-weights "
-        "original rows too) or add 'original' to parameters.personalizer.weight_sources",
-        field="parameters.personalizer.weight_sources",
-    )
+    to learn, and the train job would fail after queueing. Answer 422 now,
+    by the trainer's own rule (:meth:`PersonalizerConfig.nothing_to_weigh`)."""
+    counts = (regeneration.result or {}).get("rows")
+    unweighted = personalizer.nothing_to_weigh(counts) if counts else None
+    if unweighted:
+        raise Invalid(
+            f"DR4SR+ on regeneration {regeneration.id}: {unweighted}; use another regeneration, "
+            "or set parameters.personalizer.profile to 'parity' (which re-weights original rows "
+            "too) or add 'original' to parameters.personalizer.weight_sources",
+            field="parameters.personalizer.weight_sources",
+        )
 
 
 # The kinds a principal submits; validation jobs follow uploads and are

@@ -56,7 +56,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.config import LOSSES, PersonalizerConfig  # noqa: E402
+from models.config import LOSSES, PersonalizerOptions  # noqa: E402
 from models.data.preprocess import prepare  # noqa: E402
 from models.evaluation import paired_significance  # noqa: E402
 from models.pipeline import (  # noqa: E402
@@ -234,8 +234,8 @@ PERSONALIZER_AS_FIRST_RECORDED = {"meta_optimizer": "sgd", "normalize": False}
 
 def personalizer_settings(cfg: TrainJobConfig) -> dict[str, Any]:
     built = cfg.personalizer_config()
-    maker = PersonalizerConfig.parity if cfg.personalizer.profile == "parity" else PersonalizerConfig.fixed
-    reference = maker(**PERSONALIZER_AS_FIRST_RECORDED).as_dict()
+    first = PersonalizerOptions(profile=cfg.personalizer.profile, **PERSONALIZER_AS_FIRST_RECORDED)
+    reference = first.build().as_dict()
     # "mode" (end_to_end) is recorded as the ablation
     return {k: v for k, v in built.as_dict().items() if k != "mode" and v != reference[k]}
 

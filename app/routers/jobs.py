@@ -100,7 +100,7 @@ def submit_train(
     if body.data == "regenerated":
         regeneration = regeneration_for(session, principal, ds, body.regeneration_job_id)
         if body.personalize:
-            check_personalizable(regeneration, body.config().personalizer_config().weight_sources)
+            check_personalizable(regeneration, body.config().personalizer_config())
         source = regeneration.id
     parameters = {
         "data": body.data,
@@ -145,7 +145,7 @@ def submit_compare(
     if any(v != "original" for v in body.variants):
         regeneration = regeneration_for(session, principal, ds, body.regeneration_job_id)
         if "dr4sr+" in body.variants:
-            check_personalizable(regeneration, body.config().personalizer_config().weight_sources)
+            check_personalizable(regeneration, body.config().personalizer_config())
         source = regeneration.id
     job = create_compare(
         session,

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -100,6 +101,16 @@ class PersonalizerConfig(_Frozen):
         base = dict(dev_data="heldout", detach_hidden=True, learn_tau=True, weight_sources=frozenset({"regenerated"}),
                     meta_optimizer="adam", normalize=True)
         return cls(**{**base, **overrides})
+
+    def nothing_to_weigh(self, counts: Mapping[str, int]) -> str | None:
+        """Why DR4SR+ would re-weight no row of training rows with these
+        ``counts`` per source (None when some row is weighted). The trainer
+        refuses such rows; the API asks before queueing, from a
+        regeneration's recorded counts."""
+        if any(counts.get(source, 0) > 0 for source in self.weight_sources):
+            return None
+        return (f"no training row comes from a weighted source {sorted(self.weight_sources)} "
+                f"(rows per source: {dict(counts)}): DR4SR+ would train a plain model at extra cost")
 
     @property
     def weighted_codes(self) -> tuple[int, ...]:

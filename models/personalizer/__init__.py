@@ -115,11 +115,9 @@ def train_personalized(
     """
     train_config = train_config if train_config is not None else TrainConfig()
     cfg = personalizer_config if personalizer_config is not None else PersonalizerConfig.parity()
-    if not np.isin(train.source, cfg.weighted_codes).any():
-        raise PersonalizerConfigError(
-            f"no training row comes from a weighted source {sorted(cfg.weight_sources)} "
-            f"(rows per source: {train.counts()}): DR4SR+ would train a plain model at extra cost"
-        )
+    unweighted = cfg.nothing_to_weigh(train.counts())
+    if unweighted:
+        raise PersonalizerConfigError(unweighted)
     if cfg.dev_data == "heldout" and dev is None:
         # no split used twice: the meta-objective never sees the targets that
         # early stopping and checkpoint selection are judged on
