@@ -10,7 +10,9 @@ with BCE, so only BCE rows have one), and the significance of the difference
 to the original arm with the same dataset, model, loss and batching: per seed
 a paired t-test over users of test NDCG@20, and pooled over the seeds both
 arms share (per-user NDCG@20 averaged over those seeds, then paired t and
-Wilcoxon). DR4SR+ rows show the spread of the learned weights.
+Wilcoxon). DR4SR+ rows show the spread of the learned weights. An arm holds
+one run per seed: a later run of a seed it already has (a reproduction check)
+is counted in the arm column, not pooled.
 
 Records written before the tie-aware evaluation (no ``commit`` field) are
 listed apart as legacy figures and never compared. The prose in
@@ -102,13 +104,31 @@ def _train_settings(rec: dict[str, Any]) -> str:
     return _settings_without(rec.get("train_settings"), "num_negatives")
 
 
+#: Tags that only named settings every record with the tag also carries in
+#: ``personalizer_settings``. Once those settings became the default, an
+#: untagged run of the default is the same arm, so these tags do not split arms.
+SETTINGS_TAGS: dict[str, dict[str, Any]] = {
+    "pers-norm-adam-tau10": {"meta_optimizer": "adam", "normalize": True},
+}
+
+
+def arm_tag(rec: dict[str, Any]) -> str | None:
+    """The tag as part of the arm: ``None`` for a tag in ``SETTINGS_TAGS``
+    whose settings the record carries (the settings key the arm instead)."""
+    tag = rec.get("tag")
+    named = SETTINGS_TAGS.get(tag) if tag else None
+    if named is not None and all((rec.get("personalizer_settings") or {}).get(k) == v for k, v in named.items()):
+        return None
+    return tag
+
+
 def arm_key(rec: dict[str, Any]) -> tuple:
     """Everything that defines an experiment arm except the seed."""
     return (
         Path(rec["dataset"]).stem, rec["model"], rec.get("loss", "bce"), rec["variant"],
         rec.get("profile"), rec.get("personalizer_profile"), rec.get("ablation", "none"),
         json.dumps(_non_default(rec.get("regeneration_settings")), sort_keys=True),
-        rec.get("bucket_chunk", 32), rec.get("tag"),
+        rec.get("bucket_chunk", 32), arm_tag(rec),
         json.dumps(rec.get("personalizer_settings") or {}, sort_keys=True),
         _train_settings(rec),
         device_class(rec),
@@ -249,8 +269,13 @@ def render(records: list[dict[str, Any]], notes: str) -> str:
     legacy = [r for r in records if "commit" not in r]
     current = [r for r in records if "commit" in r]
     arms: dict[tuple, list[dict]] = defaultdict(list)
+    repeats: dict[tuple, int] = defaultdict(int)
     for r in current:
-        arms[arm_key(r)].append(r)
+        key = arm_key(r)
+        if any(other["seed"] == r["seed"] for other in arms[key]):
+            repeats[key] += 1  # a later run of a seed the arm has: counted, not pooled
+            continue
+        arms[key].append(r)
     out = [
         "# Quality: measured, seeded, significance-tested",
         "",
@@ -309,6 +334,8 @@ def render(records: list[dict[str, Any]], notes: str) -> str:
             arm.append(f"tag {tag}")
         if device != "cpu":
             arm.append(device)
+        if repeats[key]:
+            arm.append(f"{repeats[key]} later run(s) of a seed left out")
         paper = PAPER.get((dataset, model), {}).get(variant) if loss == "bce" else None
         early = sum(r.get("stopped") == "early" for r in runs)
         out.append(

@@ -194,6 +194,31 @@ def test_dr4sr_plus_settings_are_recorded_against_the_profiles_as_first_recorded
     assert table.arm_key(new) == table.arm_key(old_by_hand) != table.arm_key(old_fixed)
 
 
+def test_a_tag_that_named_todays_default_settings_does_not_split_the_arm():
+    """Runs tagged ``pers-norm-adam-tau10`` set Adam and normalised weights by
+    hand; an untagged run of today's default carries the same settings and is
+    the same arm. A repeated seed is counted, not pooled twice."""
+    table = _table_module()
+    settings = {"meta_optimizer": "adam", "normalize": True}
+
+    def plus(seed, tag, psettings, ndcg):
+        return {**_run("dr4sr+", seed, tag=tag), "personalizer_profile": "fixed", "personalizer_settings": psettings,
+                "commit": "x", "test": {"ndcg@20": ndcg, "recall@20": 0.2, "ndcg@10": 0.05},
+                "epochs": 3, "stopped": "early"}
+
+    tagged = [plus(1, "pers-norm-adam-tau10", settings, 0.10), plus(3, "pers-norm-adam-tau10", settings, 0.30)]
+    untagged = [plus(2, None, settings, 0.20), plus(3, None, settings, 0.99)]  # seed 3 again: left out
+    assert {table.arm_key(r) for r in tagged + untagged} == {table.arm_key(untagged[0])}
+    # the tag still splits runs whose settings are not the ones it named, and any other tag splits
+    assert table.arm_key(plus(1, "pers-norm-adam-tau10", {**settings, "tau_init": 1.0}, 0.1)) != table.arm_key(tagged[0])
+    assert table.arm_key(plus(1, "other", settings, 0.1)) != table.arm_key(tagged[0])
+    rows = [line for line in table.render(tagged + untagged, "").splitlines() if "| dr4sr+ |" in line]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[5] == "1,2,3" and cells[6].startswith("0.2000 ± 0.1000")  # seeds 1-3, the first seed-3 run
+    assert "1 later run(s) of a seed left out" in cells[4]
+
+
 def test_a_run_recorded_before_its_original_gets_its_per_seed_test_in_the_table(tmp_path, monkeypatch):
     """quality.py can only pair a run with an original that exists when it
     finishes; the table pairs the rest with the base arm's run of the same seed."""
