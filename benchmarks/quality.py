@@ -300,6 +300,7 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
         "loss_scale": report.get("loss_scale"),  # the scale used ('auto' resolved)
         "forward_slices": cfg.forward_slices,  # exact (same gradients): not part of the arm
         "finetune": report.get("finetune"),  # finetune='original': both phases and which was kept
+        "row_filter": report.get("row_filter"),  # row_filter='loss': the scorer run and the rows it kept
         "seconds": round(time.perf_counter() - started, 1),
         "train_seconds": report["seconds"],
         "test": report["test"],

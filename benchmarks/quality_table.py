@@ -138,10 +138,11 @@ def arm_key(rec: dict[str, Any]) -> tuple:
 
 def original_train_settings(settings: str | dict[str, Any] | None) -> str:
     """The training settings an original run shares with an arm: ``finetune``
-    left out, because a second phase on the original rows changes nothing when
-    every row is original (the plain original run is that arm's baseline);
-    ``num_negatives`` too, compared as ``negatives`` (resolved)."""
-    return _settings_without(settings, "finetune", "num_negatives")
+    and ``row_filter`` (with ``row_filter_keep``) left out, because a second
+    phase on the original rows, or a filter of regenerated rows, changes
+    nothing when every row is original (the plain original run is that arm's
+    baseline); ``num_negatives`` too, compared as ``negatives`` (resolved)."""
+    return _settings_without(settings, "finetune", "row_filter", "row_filter_keep", "num_negatives")
 
 
 def _fmt(values: list[float]) -> str:

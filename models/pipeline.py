@@ -442,6 +442,8 @@ def train(
     }
     if result.finetune is not None:
         report["finetune"] = result.finetune
+    if result.row_filter is not None:
+        report["row_filter"] = result.row_filter
     if config.personalize:
         report["weights"] = result.weights
         report["personalizer"] = {"config": result.personalizer_config, "meta": result.meta}

@@ -31,7 +31,8 @@ The trainer is split in three modules, one concern each: this one holds the
 epoch loop (:func:`train_model`), :mod:`models.training_checkpoint` the run's
 resumable state and its ``last.*`` files, :mod:`models.training_distributed`
 the ``world_size > 1`` data-parallel ranks (and :mod:`models.training_finetune`
-the ``finetune="original"`` second phase). Every knob is a field of
+the ``finetune="original"`` second phase, :mod:`models.training_filter` the
+``row_filter="loss"`` scorer and filter). Every knob is a field of
 :class:`models.config.TrainConfig`.
 """
 
@@ -101,6 +102,7 @@ class TrainResult:
     stopped_early: bool = False
     loss_scale: str = "batch"  # the loss scale used ('auto' resolved, see resolve_loss_scale)
     finetune: dict[str, Any] | None = None  # finetune='original': both phases and which was kept
+    row_filter: dict[str, Any] | None = None  # row_filter='loss': the scorer and what it kept
 
 
 # ---------------------------------------------------------------------------
@@ -140,6 +142,11 @@ def train_model(
 
         return train_then_finetune(train, valid, test, num_items, config, progress, checkpoint_dir, resume,
                                    model_hook, loss_fn, step_hook, model_ctx)
+    if config.row_filter != "none":
+        from models.training_filter import train_with_row_filter
+
+        return train_with_row_filter(train, valid, test, num_items, config, progress, checkpoint_dir, resume,
+                                     model_hook, loss_fn, step_hook, model_ctx)
     device = resolve_device(config.device)
     if config.world_size > 1:
         return _train_distributed(

@@ -114,6 +114,18 @@ class TrainConfig(_Config):
         "(fresh Adam, its own early stopping) and keep whichever phase validates better; the synthetic rows' share "
         "ends at zero. No effect on rows that are all original. One process only, not with DR4SR+.",
     )
+    row_filter: Literal["none", "loss"] = Field(
+        "none",
+        description="'loss': train the model on the original rows alone first (to early stopping), score every "
+        "regenerated row by its mean full-softmax cross-entropy under that model, keep the row_filter_keep share with "
+        "the lowest loss (the rows a model of the real data finds plausible), then train from scratch on the original "
+        "and pattern rows plus the kept regenerated rows. Costs one more training run on the original rows. No effect "
+        "on rows without regenerated rows. One process only, not with DR4SR+ or finetune.",
+    )
+    row_filter_keep: Float = Field(
+        0.5, gt=0.0, le=1.0,
+        description="Share of the regenerated rows that row_filter 'loss' keeps (1.0 keeps all, only the scoring run is added).",
+    )
     monitor: str = Field("ndcg@20", pattern=r"^(ndcg|recall)@[1-9][0-9]*$", description="Validation metric for early stopping and the best epoch, e.g. ndcg@20 or recall@10.")
     item_chunk: Int | None = Field(None, ge=1, le=10_000_000, description="Items scored per evaluation chunk; null: sized to a fixed memory budget.")
     world_size: Int = Field(1, ge=1, le=64, description="Data-parallel training processes (torch.distributed, models/distributed.py); 1: this process only.")
@@ -139,6 +151,16 @@ class TrainConfig(_Config):
         if self.finetune != "none" and self.world_size > 1:
             raise _fail(("finetune",), "the second phase on the original rows trains in one process: world_size must be 1",
                         self.finetune, type(self).__name__)
+        return self
+
+    @model_validator(mode="after")
+    def _row_filter_alone(self) -> TrainConfig:
+        if self.row_filter != "none" and self.world_size > 1:
+            raise _fail(("row_filter",), "the loss filter's scoring run trains in one process: world_size must be 1",
+                        self.row_filter, type(self).__name__)
+        if self.row_filter != "none" and self.finetune != "none":
+            raise _fail(("row_filter",), "the loss filter does not combine with finetune",
+                        self.row_filter, type(self).__name__)
         return self
 
     def model_config_overrides(self) -> dict[str, Any]:

@@ -140,6 +140,18 @@ def test_runs_on_different_devices_are_different_arms_and_never_pair(tmp_path, m
     assert "NVIDIA_H200" in path(gpu).name
 
 
+def test_a_loss_filtered_arm_is_its_own_arm_and_pairs_with_the_plain_original():
+    """The filter (like ``finetune``) changes nothing on original rows, so the
+    plain original run is its baseline; an original with other settings is not."""
+    table = _table_module()
+    plain = _run("original", 1, per_user="o1")
+    other = {**_run("original", 1, per_user="o1x"), "train_settings": {"lr": 0.01}}
+    filtered = {**_run("dr4sr", 1), "train_settings": {"row_filter": "loss", "row_filter_keep": 0.5}}
+    assert table.arm_key(filtered) != table.arm_key(_run("dr4sr", 1))
+    assert table.pairs_with(plain, filtered) and not table.pairs_with(other, filtered)
+    assert table.paired_originals([filtered], [plain, other]) == [plain]
+
+
 def test_the_resolved_number_of_negatives_is_part_of_the_arm(tmp_path, monkeypatch):
     """A changed ``num_negatives`` default must not pool runs made under the old
     one: records without the resolved value ran with 256 unless they set it."""

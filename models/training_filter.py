@@ -1,0 +1,150 @@
+"""``TrainConfig.row_filter="loss"``: keep the regenerated rows that a model of
+the real data finds plausible, then train on them.
+
+Three steps, each a plain use of the trainer:
+
+1. a *scorer* is trained on the original rows alone, to early stopping, with
+   the run's own settings (so it is the original arm of the same seed);
+2. every regenerated row is scored by its mean full-softmax cross-entropy over
+   its target positions under the scorer (eval mode: no dropout, no sampled
+   negatives, so the score is deterministic);
+3. the ``row_filter_keep`` share of regenerated rows with the lowest loss is
+   kept (ties broken by row order), and the model is trained from scratch on
+   the original and pattern rows plus the kept regenerated rows.
+
+It is the hard, model-aware counterpart of DR4SR+'s learned weights (issue 11
+lists it as a lever for strong baselines): the personalizer weighs rows by what
+they do to the validation loss; this filter drops the rows the real data's
+model finds least likely. The scorer's test figures are reported but never used
+to choose; its validation figures are not used either (the kept share is a
+setting, not tuned per run).
+
+Checkpoints: the scorer writes ``checkpoint_dir/scorer``, the final run
+``checkpoint_dir`` as a plain run, so a retried job resumes inside either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.config import TrainConfig
+from models.data.sequences import EvalRows, RowSource, TrainRows
+from models.progress import Progress, ProgressEvent
+from models.recommenders.base import SequentialRecommender
+
+# logits held at once while scoring: (positions x items) floats
+_SCORE_BUDGET = 2**25
+
+
+@torch.no_grad()
+def row_losses(model: SequentialRecommender, rows: TrainRows, device: torch.device | str = "cpu") -> np.ndarray:
+    """(len(rows),) each row's mean full-softmax cross-entropy over its target
+    positions under ``model`` (eval mode), laid out by the model's own
+    transform (SASRec: one example per row; FMLP-Rec: one per prefix)."""
+    transform = model.batch_transform()
+    examples = transform.examples(rows)
+    per_example = max(1, int(examples.input_lengths.max(initial=1)) if transform.dynamic_width else 1)
+    step = max(1, min(4096, _SCORE_BUDGET // (per_example * (model.num_items + 1))))
+    total = np.zeros(len(rows), dtype=np.float64)
+    count = np.zeros(len(rows), dtype=np.float64)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(examples), step):
+            index = np.arange(start, min(start + step, len(examples)), dtype=np.int64)
+            batch = transform.collate(rows, examples, index).to(device)
+            out = model.position_losses(batch, "ce")
+            row = batch.row.cpu().numpy()
+            np.add.at(total, row, out.loss.sum(1).double().cpu().numpy())
+            np.add.at(count, row, out.valid.sum(1).double().cpu().numpy())
+    finally:
+        model.train(was_training)
+    return total / np.maximum(count, 1.0)
+
+
+def keep_lowest(losses: np.ndarray, keep: float) -> np.ndarray:
+    """Sorted indices of the ``ceil(keep * n)`` lowest losses (at least one;
+    ties go to the earlier row)."""
+    n = len(losses)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    k = min(n, max(1, int(np.ceil(keep * n - 1e-9))))
+    return np.sort(np.argsort(losses, kind="stable")[:k]).astype(np.int64)
+
+
+def _summary(values: np.ndarray) -> dict[str, float]:
+    if len(values) == 0:
+        return {}
+    q = np.quantile(values, [0.0, 0.25, 0.5, 0.75, 1.0])
+    return {"mean": float(values.mean()), "min": float(q[0]), "q25": float(q[1]), "median": float(q[2]),
+            "q75": float(q[3]), "max": float(q[4])}
+
+
+def train_with_row_filter(
+    train: TrainRows,
+    valid: EvalRows,
+    test: EvalRows,
+    num_items: int,
+    config: TrainConfig,
+    progress: Progress,
+    checkpoint_dir: Path | None,
+    resume: bool,
+    model_hook: Any,
+    loss_fn: Any,
+    step_hook: Any,
+    model_ctx: dict[str, Any] | None,
+):
+    from models.evaluation import resolve_device
+    from models.training import TrainingError, train_model
+
+    # world_size > 1 and finetune are refused by TrainConfig's own validation, DR4SR+ by TrainJobConfig's
+    if loss_fn is not None or step_hook is not None:
+        raise TrainingError("row_filter='loss' does not combine with a custom loss or step hook (DR4SR+)")
+    plain = config.model_copy(update={"row_filter": "none"})
+    regenerated = np.flatnonzero(train.source == int(RowSource.REGENERATED))
+    if len(regenerated) == 0:
+        return train_model(train, valid, test, num_items, plain, progress, checkpoint_dir, resume,
+                           model_hook, None, None, model_ctx)
+    original = np.flatnonzero(train.source == int(RowSource.ORIGINAL))
+    if len(original) == 0:
+        raise TrainingError("row_filter='loss' needs original rows to train its scorer on; the rows hold none")
+
+    def scoring(event: ProgressEvent) -> None:  # the scorer's epochs report as their own stage
+        progress(dataclasses.replace(event, stage=f"scorer:{event.stage}"))
+
+    scorer_rows = train.take(original)
+    scorer = train_model(
+        scorer_rows, valid, test, num_items, plain, scoring,
+        None if checkpoint_dir is None else Path(checkpoint_dir) / "scorer", resume,
+        model_hook, None, None, {"train": scorer_rows} if model_ctx is None else model_ctx,
+    )
+    losses = row_losses(scorer.model, train.take(regenerated), resolve_device(config.device))
+    kept = regenerated[keep_lowest(losses, config.row_filter_keep)]
+    dropped = np.setdiff1d(regenerated, kept)
+    rest = np.flatnonzero(train.source != int(RowSource.REGENERATED))
+    filtered = train.take(np.sort(np.concatenate([rest, kept])))
+    final = train_model(filtered, valid, test, num_items, plain, progress, checkpoint_dir, resume,
+                        model_hook, None, None, model_ctx)
+    by_row = dict(zip(regenerated.tolist(), losses.tolist(), strict=True))
+    return dataclasses.replace(
+        final,
+        seconds=scorer.seconds + final.seconds,
+        row_filter={
+            "by": "loss",
+            "keep": config.row_filter_keep,
+            "regenerated_rows": int(len(regenerated)),
+            "kept_rows": int(len(kept)),
+            "threshold": float(max(by_row[i] for i in kept.tolist())),
+            "loss_kept": _summary(np.array([by_row[i] for i in kept.tolist()])),
+            "loss_dropped": _summary(np.array([by_row[i] for i in dropped.tolist()])),
+            "training_rows": int(len(filtered)),
+            "scorer": {"epochs_run": scorer.epochs_run, "best_epoch": scorer.best_epoch + 1,
+                       "stopped_early": scorer.stopped_early, "seconds": scorer.seconds,
+                       "valid": scorer.valid_metrics, "test": scorer.test_metrics},
+        },
+    )

@@ -1,0 +1,156 @@
+"""``TrainConfig.row_filter='loss'``: a scorer trained on the original rows
+ranks the regenerated rows by their cross-entropy; the lowest share is kept."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from pydantic import ValidationError
+
+from models.config import TrainConfig, TrainJobConfig
+from models.data.sequences import RowSource, Sequences, TrainRows
+from models.data.split import leave_one_out
+from models.progress import Cancelled
+from models.recommenders import build_model
+from models.training import train_model
+from models.training_filter import keep_lowest, row_losses
+
+N = 30
+
+
+def _chain(start: int, length: int) -> list[int]:
+    return [(start + j - 1) % N + 1 for j in range(length)]
+
+
+def _data():
+    """Users walk a chain i -> i+1. The regenerated rows are 150 chain pairs
+    (what the data says) followed by 150 random pairs (noise)."""
+    rng = np.random.default_rng(0)
+    users = [_chain(int(rng.integers(1, N + 1)), int(rng.integers(6, 12))) for _ in range(150)]
+    split = leave_one_out(Sequences.from_lists(users), max_len=12)
+    plausible = [_chain(int(rng.integers(1, N + 1)), 2) for _ in range(150)]
+    noise = []
+    while len(noise) < 150:
+        a, b = (int(x) for x in rng.integers(1, N + 1, size=2))
+        if b != a % N + 1:  # not a chain step
+            noise.append([a, b])
+    regen = TrainRows.build(Sequences.from_lists(plausible + noise), RowSource.REGENERATED)
+    pattern = TrainRows.build(Sequences.from_lists([_chain(5, 3), _chain(9, 3)]), RowSource.PATTERN)
+    return split, split.train.concat(pattern).concat(regen)
+
+
+def _config(**kw) -> TrainConfig:
+    return TrainConfig(model="sasrec", model_overrides={"ffn_size": 16}, epochs=8, patience=3, batch_size=64,
+                       max_len=12, device="cpu", num_threads=1, seed=3, **kw)
+
+
+@pytest.mark.parametrize("model", ["sasrec", "fmlp", "gru4rec"])
+def test_row_losses_are_each_rows_mean_full_softmax_cross_entropy(model):
+    torch.manual_seed(0)
+    net = build_model(model, N, {"max_len": 8, "embed_dim": 16})
+    net.train()  # scoring must switch dropout off and restore the mode
+    rows = TrainRows.build(Sequences.from_lists([[1, 2, 3, 4], [5, 9], [7, 7, 8], [3, 1, 2, 6, 4, 10]]),
+                           RowSource.REGENERATED)
+    got = row_losses(net, rows)
+    assert net.training
+    net.eval()
+    table = net.item_embeddings().detach()
+    expected = []
+    with torch.no_grad():
+        for seq in rows.seqs.to_lists():
+            losses = []
+            for t in range(1, len(seq)):  # every prefix predicts its next item
+                prefix = TrainRows.build(Sequences.from_lists([seq[: t + 1]]), RowSource.ORIGINAL)
+                tr = net.batch_transform()
+                ex = tr.examples(prefix)
+                batch = tr.collate(prefix, ex, np.arange(len(ex)))
+                h = net(batch)
+                last = h[-1, -1] if batch.left_padded else h[0, t - 1]  # FMLP: the longest prefix
+                logits = table @ last
+                logits[0] = float("-inf")
+                losses.append(F.cross_entropy(logits[None], torch.tensor([seq[t]])).item())
+            expected.append(np.mean(losses))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_keep_lowest_takes_the_lowest_share_and_breaks_ties_by_row():
+    losses = np.array([3.0, 1.0, 2.0, 1.0, 5.0])
+    assert keep_lowest(losses, 0.4).tolist() == [1, 3]
+    assert keep_lowest(losses, 0.5).tolist() == [1, 2, 3]  # ceil(2.5)
+    assert keep_lowest(losses, 0.2).tolist() == [1]  # tie: the earlier row
+    assert keep_lowest(losses, 1e-6).tolist() == [1]  # at least one
+    assert keep_lowest(losses, 1.0).tolist() == [0, 1, 2, 3, 4]
+    assert keep_lowest(np.zeros(0), 0.5).tolist() == []
+
+
+def test_the_filter_keeps_plausible_rows_and_trains_on_them(monkeypatch):
+    split, rows = _data()
+    import models.training as training
+
+    seen = []
+    real = training._train
+
+    def spy(train, *args, **kwargs):
+        seen.append(train)
+        return real(train, *args, **kwargs)
+
+    monkeypatch.setattr(training, "_train", spy)
+    result = train_model(rows, split.valid, split.test, N, _config(row_filter="loss", row_filter_keep=0.5))
+    scorer_rows, final_rows = seen
+    # the scorer saw the original rows only, and is the plain original run
+    assert set(np.unique(scorer_rows.source)) == {int(RowSource.ORIGINAL)}
+    monkeypatch.setattr(training, "_train", real)
+    original = train_model(split.train, split.valid, split.test, N, _config())
+    assert result.row_filter["scorer"]["valid"] == original.valid_metrics
+    # the final run kept every original and pattern row and half the regenerated ones
+    counts = {s: int((final_rows.source == s).sum()) for s in (0, 1, 2)}
+    assert counts == {0: len(split.train), 1: 2, 2: 150}
+    f = result.row_filter
+    assert f["regenerated_rows"] == 300 and f["kept_rows"] == 150 and f["training_rows"] == len(final_rows)
+    assert f["loss_kept"]["max"] <= f["loss_dropped"]["min"] and f["threshold"] == f["loss_kept"]["max"]
+    # the oracle: a scorer of chain walks keeps chain steps, not the random pairs
+    kept = final_rows.seqs.to_lists()[-150:]
+    chain_share = np.mean([b == a % N + 1 for a, b in kept])
+    assert chain_share > 0.8, chain_share
+    assert result.seconds > f["scorer"]["seconds"]
+
+
+def test_the_filter_changes_nothing_without_regenerated_rows():
+    split, _ = _data()
+    plain = train_model(split.train, split.valid, split.test, N, _config())
+    filtered = train_model(split.train, split.valid, split.test, N, _config(row_filter="loss"))
+    assert filtered.row_filter is None
+    assert filtered.test_metrics == plain.test_metrics and filtered.epochs_run == plain.epochs_run
+
+
+def test_the_filter_resumes_inside_either_run(tmp_path):
+    split, rows = _data()
+    cfg = _config(row_filter="loss")
+    full = train_model(rows, split.valid, split.test, N, cfg)
+
+    def stop_in_final_run(event):
+        if event.stage == "train" and event.epoch == 1:  # the final run's second epoch (the scorer's is scorer:train)
+            raise Cancelled("stop")
+
+    with pytest.raises(Cancelled):
+        train_model(rows, split.valid, split.test, N, cfg, stop_in_final_run, checkpoint_dir=tmp_path)
+    assert (tmp_path / "scorer").is_dir()
+    resumed = train_model(rows, split.valid, split.test, N, cfg, checkpoint_dir=tmp_path, resume=True)
+    def _timeless(f):
+        return {**f, "scorer": {k: v for k, v in f["scorer"].items() if k != "seconds"}}
+
+    assert _timeless(resumed.row_filter) == _timeless(full.row_filter)
+    assert resumed.test_metrics == pytest.approx(full.test_metrics)
+
+
+def test_the_filter_rejects_what_it_cannot_do():
+    with pytest.raises(ValidationError, match="world_size must be 1"):
+        TrainConfig(row_filter="loss", world_size=2)
+    with pytest.raises(ValidationError, match="does not combine with finetune"):
+        TrainConfig(row_filter="loss", finetune="original")
+    with pytest.raises(ValidationError, match="does not combine with DR4SR"):
+        TrainJobConfig(row_filter="loss", personalize=True)
+    with pytest.raises(ValidationError, match="row_filter_keep"):
+        TrainConfig(row_filter="loss", row_filter_keep=0.0)
