@@ -172,6 +172,10 @@ def _rank_main(
             ctx = DistContext(rank, world_size, device)
             progress = _Forward(q) if rank == 0 else _no_progress
             result = fn(ctx, progress, *args)
+            # every rank past its last collective before any tears its connections down: a rank
+            # that destroyed its group while a peer's gloo threads still ran aborted that peer
+            # (SIGABRT, "terminate called without an active exception") on a loaded 2-core machine
+            ctx.barrier()
             if rank == 0:
                 q.put(("result", result))
         finally:
