@@ -117,20 +117,19 @@ def train_with_row_filter(
     def scoring(event: ProgressEvent) -> None:  # the scorer's epochs report as their own stage
         progress(dataclasses.replace(event, stage=f"scorer:{event.stage}"))
 
-    scorer_rows = train.take(original)
     scorer = train_model(
-        scorer_rows, valid, test, num_items, plain, scoring,
+        train.take(original), valid, test, num_items, plain, scoring,
         None if checkpoint_dir is None else Path(checkpoint_dir) / "scorer", resume,
-        model_hook, None, None, {"train": scorer_rows} if model_ctx is None else model_ctx,
+        model_hook, None, None, model_ctx,
     )
     losses = row_losses(scorer.model, train.take(regenerated), resolve_device(config.device))
-    kept = regenerated[keep_lowest(losses, config.row_filter_keep)]
-    dropped = np.setdiff1d(regenerated, kept)
-    rest = np.flatnonzero(train.source != int(RowSource.REGENERATED))
-    filtered = train.take(np.sort(np.concatenate([rest, kept])))
+    kept = np.zeros(len(regenerated), dtype=bool)
+    kept[keep_lowest(losses, config.row_filter_keep)] = True
+    keep_rows = train.source != int(RowSource.REGENERATED)
+    keep_rows[regenerated[kept]] = True
+    filtered = train.take(np.flatnonzero(keep_rows))
     final = train_model(filtered, valid, test, num_items, plain, progress, checkpoint_dir, resume,
                         model_hook, None, None, model_ctx)
-    by_row = dict(zip(regenerated.tolist(), losses.tolist(), strict=True))
     return dataclasses.replace(
         final,
         seconds=scorer.seconds + final.seconds,
@@ -138,10 +137,10 @@ def train_with_row_filter(
             "by": "loss",
             "keep": config.row_filter_keep,
             "regenerated_rows": int(len(regenerated)),
-            "kept_rows": int(len(kept)),
-            "threshold": float(max(by_row[i] for i in kept.tolist())),
-            "loss_kept": _summary(np.array([by_row[i] for i in kept.tolist()])),
-            "loss_dropped": _summary(np.array([by_row[i] for i in dropped.tolist()])),
+            "kept_rows": int(kept.sum()),
+            "threshold": float(losses[kept].max()),
+            "loss_kept": _summary(losses[kept]),
+            "loss_dropped": _summary(losses[~kept]),
             "training_rows": int(len(filtered)),
             "scorer": {"epochs_run": scorer.epochs_run, "best_epoch": scorer.best_epoch + 1,
                        "stopped_early": scorer.stopped_early, "seconds": scorer.seconds,
