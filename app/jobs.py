@@ -25,7 +25,7 @@ from app.core.settings import Settings
 from app.core.storage import ArtifactStore
 from app.errors import Conflict, Invalid, NotFound, TooLarge, TooManyRequests, Unavailable
 from app.schemas import JobOut, JobProgress, StageProgress
-from models.config import PersonalizerConfig
+from models.config import PersonalizerConfig, train_job_config
 from models.progress import ProgressEvent
 
 # Artifact kind -> link name in JobOut.links (and the route serving it).
@@ -294,8 +294,11 @@ def submit_compare(
     )
     kids: list[Job] = []
     plan: list[dict[str, Any]] = []
+    # row_filter 'loss' scores with the original arm: the DR4SR child waits for it (app.core.families)
+    filtered = "original" in variants and train_job_config(config).row_filter == "loss"
     for model in models:
         for seed in seeds:
+            ids = {variant: str(uuid.uuid4()) for variant in variants}
             for variant in variants:
                 params = {
                     "data": "original" if variant == "original" else "regenerated",
@@ -305,8 +308,10 @@ def submit_compare(
                     "seed": seed,
                     "config": {**config, "seed": seed},
                 }
+                if filtered and variant == "dr4sr":
+                    params["scorer_job_id"] = ids["original"]
                 kid = Job(
-                    id=str(uuid.uuid4()),
+                    id=ids[variant],
                     owner_id=owner_id,
                     dataset_id=dataset_id,
                     parent_job_id=parent.id,
@@ -336,7 +341,8 @@ def submit_compare(
     session.flush()  # the parent's row first: the children reference it
     session.add_all(kids)
     session.commit()
-    _enqueue(session, celery, kids, [parent, *kids])
+    # a child that scores with its original arm is sent when that arm ends
+    _enqueue(session, celery, [k for k in kids if "scorer_job_id" not in k.parameters], [parent, *kids])
     return parent
 
 

@@ -22,7 +22,11 @@ users and selects its checkpoint on the other half (no split used twice).
 
 One regeneration per (dataset, regeneration settings) serves every seed and
 every target model: it is cached under ``benchmarks/out/regen/`` (a file lock
-makes a second process wait for it rather than repeat it).
+makes a second process wait for it rather than repeat it). With ``--train-set
+row_filter=loss`` the scorer (the original arm of the same model, settings and
+seed) is trained once and cached under ``benchmarks/out/scorers/``, so runs
+that differ only in ``row_filter_keep`` reuse it; each record's
+``row_filter.scorer`` says where its scorer came from.
 
 Per-user test metrics of every run are kept under
 ``benchmarks/results/per_user/`` so that any two runs on the same dataset can
@@ -87,6 +91,7 @@ BASE = RESULTS.parent.parent
 JSONL = RESULTS / "quality.jsonl"
 PER_USER = RESULTS / "per_user"
 REGEN_CACHE = BASE / "benchmarks" / "out" / "regen"
+SCORER_CACHE = BASE / "benchmarks" / "out" / "scorers"
 VARIANTS = ("original", "dr4sr", "dr4sr+")
 
 
@@ -232,6 +237,30 @@ def p_vs_original(rec: dict[str, Any], records: list[dict[str, Any]]) -> dict[st
 PERSONALIZER_AS_FIRST_RECORDED = {"meta_optimizer": "sgd", "normalize": False}
 
 
+def cached_scorer(dataset_path: Path, dataset, cfg: TrainJobConfig, tag: str):
+    """The loss filter's scorer for ``cfg``: the original arm of the same
+    settings and seed (``row_filter_keep`` aside), trained once and kept under
+    SCORER_CACHE (a file lock makes a second process wait for it)."""
+    from models.recommenders.serialization import load_model
+    from models.training_filter import Scorer
+
+    plain = cfg.replace(row_filter="none", row_filter_keep=TrainJobConfig().row_filter_keep)
+    key = hashlib.sha1(json.dumps({"dataset": dataset_path.name, **plain.as_dict()}, sort_keys=True,
+                                  default=str).encode()).hexdigest()[:10]
+    folder = SCORER_CACHE / f"{dataset_path.stem}-{cfg.model}-{cfg.loss}-s{cfg.seed}-{key}"
+    SCORER_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(SCORER_CACHE / f"{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "report.json").is_file():
+            _log(f"training the loss filter's scorer {folder.name}")
+            train(dataset, None, plain, folder, _progress(f"{tag} scorer"))
+    report = json.loads((folder / "report.json").read_text())
+    return Scorer(load_model(folder, cfg.device), {
+        "from": str(folder.relative_to(BASE)), "epochs_run": report["epochs_run"], "best_epoch": report["best_epoch"],
+        "stopped_early": report["stopped_early"], "seconds": report["seconds"], "valid": report["valid"],
+        "test": report["test"]})
+
+
 def personalizer_settings(cfg: TrainJobConfig) -> dict[str, Any]:
     built = cfg.personalizer_config()
     first = PersonalizerOptions(profile=cfg.personalizer.profile, **PERSONALIZER_AS_FIRST_RECORDED)
@@ -289,7 +318,8 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
     tag = f"{dataset_path.stem} {model} {variant} {loss} s{seed}"
     _log(f"start {tag}")
     work = REGEN_CACHE.parent / "runs" / f"{tag.replace(' ', '-')}-{int(time.time())}"
-    outcome = train(dataset, rows, cfg, work, _progress(tag))
+    scorer = cached_scorer(dataset_path, dataset, cfg, tag) if cfg.row_filter == "loss" and rows is not None else None
+    outcome = train(dataset, rows, cfg, work, _progress(tag), scorer=scorer)
     report = outcome.report
     stopped = "early" if report["epochs_run"] < args.epochs else "capped"
     rec.update({

@@ -40,6 +40,7 @@ def run_entry(model: str, variant: str, seed: int, report: Mapping[str, Any]) ->
         "best_epoch": report["best_epoch"],
         "seconds": report["seconds"],
         "history": report.get("history", []),
+        **({"row_filter": report["row_filter"]} if report.get("row_filter") else {}),
     }
 
 
@@ -153,6 +154,7 @@ def compare(
         _run,
     )
     from models.reports import write_report
+    from models.training_filter import Scorer
 
     config = config if config is not None else TrainJobConfig()
     chosen = CompareConfig(models=list(models), variants=list(variants),
@@ -170,20 +172,29 @@ def compare(
     step = 0
     for model in models:
         for seed in seeds:
-            for variant in variants:
+            # the original arm first: row_filter='loss' scores with it instead of training it again
+            scorer: Scorer | None = None
+            done: dict[str, dict[str, Any]] = {}
+            for variant in sorted(variants, key=lambda v: v != "original"):
                 label = f"{model}/{variant}" + (f"/seed {seed}" if len(seeds) > 1 else "")
                 progress(ProgressEvent(stage="compare", done=step, total=total, message=label))
                 step += 1
                 cfg = config.replace(model=model, personalize=variant == "dr4sr+", seed=seed)
                 rows = split.train if variant == "original" else regenerated_rows
-                result = _run(dataset, split, rows, cfg, _renamed(progress, f"train {label}"))
-                runs.append(run_entry(model, variant, seed, {
+                result = _run(dataset, split, rows, cfg, _renamed(progress, f"train {label}"), scorer=scorer)
+                if variant == "original" and config.row_filter == "loss":
+                    scorer = Scorer(result.model, {
+                        "from": "the original arm of this comparison", "epochs_run": result.epochs_run,
+                        "best_epoch": result.best_epoch + 1, "stopped_early": result.stopped_early,
+                        "valid": result.valid_metrics, "test": result.test_metrics})
+                done[variant] = run_entry(model, variant, seed, {
                     "test": result.test_metrics, "valid": result.valid_metrics,
                     "best_epoch": result.best_epoch + 1, "seconds": round(result.seconds, 2),
-                    "history": result.history}))
+                    "history": result.history, "row_filter": result.row_filter})
                 per_user[(model, variant, seed)] = np.asarray(result.test_per_user[PAIRED_METRIC])
                 if variant == "dr4sr+":
                     weights = result.weights
+            runs.extend(done[v] for v in variants)  # in the order asked for
     progress(ProgressEvent(stage="compare", done=total, total=total))
     report = compare_report(
         dataset_name=dataset.name, dataset_stats=dataset.stats, protocol=_protocol(config, split),

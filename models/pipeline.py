@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from models.data.preprocess import PreparedDataset
 from models.data.sequences import RowSource, Split, TrainRows, load_rows, save_rows
 from models.environment import fingerprint
 from models.progress import Progress, ProgressEvent, no_progress
+
+if TYPE_CHECKING:  # torch stays unimported until a stage runs
+    from models.training_filter import Scorer
 
 __all__ = [
     "MODEL_NAMES",
@@ -370,9 +373,10 @@ def _protocol(cfg: TrainJobConfig, split: Split) -> dict[str, Any]:
 
 
 def _run(dataset, split: Split, rows: TrainRows, cfg: TrainJobConfig, progress: Progress,
-         checkpoint_dir: Path | None = None):
+         checkpoint_dir: Path | None = None, scorer: Scorer | None = None):
     """Train (plain or DR4SR+); with ``checkpoint_dir`` the trainer checkpoints
-    every epoch there and resumes from a checkpoint it finds (a retried job)."""
+    every epoch there and resumes from a checkpoint it finds (a retried job).
+    ``scorer``: the original arm, for ``row_filter="loss"`` to score with."""
     from models.training import train_model
 
     resume = checkpoint_dir is not None
@@ -384,7 +388,8 @@ def _run(dataset, split: Split, rows: TrainRows, cfg: TrainJobConfig, progress: 
             progress, checkpoint_dir=checkpoint_dir, resume=resume,
         )
     return train_model(rows, split.valid, split.test, dataset.num_items, cfg.train_config(), progress,
-                       checkpoint_dir=checkpoint_dir, resume=resume)
+                       checkpoint_dir=checkpoint_dir, resume=resume,
+                       scorer=scorer if cfg.row_filter == "loss" else None)
 
 
 def _variant_name(rows: TrainRows | None, personalize: bool) -> str:
@@ -402,11 +407,14 @@ def train(
     out_dir: Path | str = "trained",
     progress: Progress = no_progress,
     checkpoint_dir: Path | None = None,
+    scorer: Scorer | None = None,
 ) -> TrainOutcome:
     """Train one target model on the original (``rows=None``) or regenerated rows.
 
     With ``checkpoint_dir``, training state is saved there every epoch and an
     existing checkpoint is resumed (how a worker continues a crashed job).
+    ``scorer``: with ``row_filter="loss"``, the original arm of the same model,
+    settings and seed, reused instead of training one (a compare job's).
 
     Writes ``model.safetensors`` + ``config.json`` (the checkpoint),
     ``report.json`` / ``report.html``, ``topk.parquet`` (top-k per test user in
@@ -420,7 +428,7 @@ def train(
     out_dir = Path(out_dir)
     split = dataset.split(config.max_len)
     train_rows = split.train if rows is None else rows
-    result = _run(dataset, split, train_rows, config, progress, checkpoint_dir)
+    result = _run(dataset, split, train_rows, config, progress, checkpoint_dir, scorer)
     variant = _variant_name(rows, config.personalize)
     report = {
         "kind": "train",

@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -75,6 +75,9 @@ from models.training_checkpoint import (
     _write_run_checkpoint,
 )
 from models.training_distributed import _shard_loss, _ShardLoss, _train_distributed
+
+if TYPE_CHECKING:
+    from models.training_filter import Scorer
 
 # (model, batch, optimiser step, epoch, positions): ``positions`` is the loss's
 # denominator (models.loss_scale.Denominator): the epoch's mean target positions per
@@ -123,6 +126,7 @@ def train_model(
     loss_fn: LossFn | None = None,
     step_hook: StepHook | None = None,
     model_ctx: dict[str, Any] | None = None,
+    scorer: Scorer | None = None,
 ) -> TrainResult:
     """Train ``config.model`` on ``train``, early-stop on ``valid``, test once on ``test``.
 
@@ -131,12 +135,16 @@ def train_model(
     continues from ``checkpoint_dir``'s last epoch, or starts fresh when the
     directory holds no checkpoint yet. A :class:`~models.progress.Cancelled`
     raised by ``progress`` propagates; the last finished epoch stays resumable.
+    ``scorer``: with ``row_filter="loss"``, an already trained original arm to
+    score the regenerated rows with (:mod:`models.training_filter`).
     """
     config = config if config is not None else TrainConfig()
     if len(train) == 0:
         raise TrainingError("no training rows")
     if resume and checkpoint_dir is None:
         raise TrainingError("resume=True needs a checkpoint_dir")
+    if scorer is not None and config.row_filter != "loss":
+        raise TrainingError("a scorer is only used by row_filter='loss'")
     if config.finetune != "none":
         from models.training_finetune import train_then_finetune
 
@@ -146,7 +154,7 @@ def train_model(
         from models.training_filter import train_with_row_filter
 
         return train_with_row_filter(train, valid, test, num_items, config, progress, checkpoint_dir, resume,
-                                     model_hook, loss_fn, step_hook, model_ctx)
+                                     model_hook, loss_fn, step_hook, model_ctx, scorer)
     device = resolve_device(config.device)
     if config.world_size > 1:
         return _train_distributed(

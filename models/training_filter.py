@@ -21,6 +21,11 @@ setting, not tuned per run).
 
 Checkpoints: the scorer writes ``checkpoint_dir/scorer``, the final run
 ``checkpoint_dir`` as a plain run, so a retried job resumes inside either.
+
+Step 1 *is* the original arm of the same seed, so a comparison that trains
+that arm anyway hands its model in as a :class:`Scorer` and step 1 is
+skipped (``models.comparison.compare`` in one process, the compare job's
+train jobs in the service): the filter then costs nothing beyond its own run.
 """
 
 from __future__ import annotations
@@ -77,6 +82,30 @@ def keep_lowest(losses: np.ndarray, keep: float) -> np.ndarray:
     return np.sort(np.argsort(losses, kind="stable")[:k]).astype(np.int64)
 
 
+@dataclasses.dataclass(frozen=True)
+class Scorer:
+    """A trained model of the original rows to score with instead of training
+    one: the original arm of the same model, settings and seed. ``source``
+    says where it came from and lands in the report (``row_filter.scorer``)."""
+
+    model: SequentialRecommender
+    source: dict[str, Any]
+
+
+def check_scorer(scorer: Scorer, config: TrainConfig, num_items: int) -> None:
+    """Refuse a scorer that is not a model of this run's kind, shape and catalogue."""
+    from models.recommenders import make_config
+    from models.training import TrainingError
+
+    if scorer.model.name != config.model:
+        raise TrainingError(f"the loss filter's scorer is a {scorer.model.name} model, the run trains {config.model}")
+    if scorer.model.num_items != num_items:
+        raise TrainingError(f"the loss filter's scorer knows {scorer.model.num_items} items, the data has {num_items}")
+    wanted = make_config(config.model, config.model_config_overrides())
+    if scorer.model.config != wanted:
+        raise TrainingError(f"the loss filter's scorer was built with {scorer.model.config}, this run builds {wanted}")
+
+
 def _summary(values: np.ndarray) -> dict[str, float]:
     if len(values) == 0:
         return {}
@@ -98,7 +127,10 @@ def train_with_row_filter(
     loss_fn: Any,
     step_hook: Any,
     model_ctx: dict[str, Any] | None,
+    scorer: Scorer | None = None,
 ):
+    """The three steps of the module docstring; with ``scorer``, step 1 is
+    that model (see :class:`Scorer`)."""
     from models.evaluation import resolve_device
     from models.training import TrainingError, train_model
 
@@ -117,12 +149,23 @@ def train_with_row_filter(
     def scoring(event: ProgressEvent) -> None:  # the scorer's epochs report as their own stage
         progress(dataclasses.replace(event, stage=f"scorer:{event.stage}"))
 
-    scorer = train_model(
-        train.take(original), valid, test, num_items, plain, scoring,
-        None if checkpoint_dir is None else Path(checkpoint_dir) / "scorer", resume,
-        model_hook, None, None, model_ctx,
-    )
-    losses = row_losses(scorer.model, train.take(regenerated), resolve_device(config.device))
+    device = resolve_device(config.device)
+    if scorer is None:
+        trained = train_model(
+            train.take(original), valid, test, num_items, plain, scoring,
+            None if checkpoint_dir is None else Path(checkpoint_dir) / "scorer", resume,
+            model_hook, None, None, model_ctx,
+        )
+        scorer_model, scorer_seconds = trained.model, trained.seconds
+        scorer_report: dict[str, Any] = {
+            "reused": False, "epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch + 1,
+            "stopped_early": trained.stopped_early, "seconds": trained.seconds,
+            "valid": trained.valid_metrics, "test": trained.test_metrics}
+    else:
+        check_scorer(scorer, config, num_items)
+        scorer_model, scorer_seconds = scorer.model.to(device), 0.0
+        scorer_report = {"reused": True, **scorer.source}
+    losses = row_losses(scorer_model, train.take(regenerated), device)
     kept = np.zeros(len(regenerated), dtype=bool)
     kept[keep_lowest(losses, config.row_filter_keep)] = True
     keep_rows = train.source != int(RowSource.REGENERATED)
@@ -132,7 +175,7 @@ def train_with_row_filter(
                         model_hook, None, None, model_ctx)
     return dataclasses.replace(
         final,
-        seconds=scorer.seconds + final.seconds,
+        seconds=scorer_seconds + final.seconds,
         row_filter={
             "by": "loss",
             "keep": config.row_filter_keep,
@@ -142,8 +185,6 @@ def train_with_row_filter(
             "loss_kept": _summary(losses[kept]),
             "loss_dropped": _summary(losses[~kept]),
             "training_rows": int(len(filtered)),
-            "scorer": {"epochs_run": scorer.epochs_run, "best_epoch": scorer.best_epoch + 1,
-                       "stopped_early": scorer.stopped_early, "seconds": scorer.seconds,
-                       "valid": scorer.valid_metrics, "test": scorer.test_metrics},
+            "scorer": scorer_report,
         },
     )

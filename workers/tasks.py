@@ -41,9 +41,11 @@ from app.core.families import (
     note_child_finished,
     pending_children,
     ready_parents,
+    released_by,
+    scorer_pending,
 )
 from app.core.jobstate import TASK_NAMES
-from app.core.orm import Dataset
+from app.core.orm import Dataset, Job
 from app.core.storage import StorageError, StoredObject, storage_full
 from models.data.errors import DataError
 from models.progress import Cancelled, ProgressEvent
@@ -196,9 +198,41 @@ def _train(run: JobRun, job: ClaimedJob, scratch: Path) -> Outcome:
     sync = CheckpointSync(
         run.progress, checkpoint, store, resume_prefix(job.id), settings.checkpoint_sync_interval_s
     )
+    scorer = None
+    if p.get("scorer_job_id") and config.row_filter == "loss":
+        scorer = _scorer_from_job(run, p["scorer_job_id"], scratch / "scorer", config.device)
     with loaded_dataset(store, job.dataset_id) as dataset:
-        outcome = train(dataset, rows, config, scratch / "output", sync, checkpoint_dir=checkpoint)
+        outcome = train(dataset, rows, config, scratch / "output", sync, checkpoint_dir=checkpoint,
+                        scorer=scorer)
     return Outcome({**outcome.report, "resumed_from_epoch": resumed}, scratch / "output")
+
+
+class ScorerUnavailable(Exception):
+    """The original-arm job a loss-filtered train job scores with did not succeed."""
+
+
+def _scorer_from_job(run: JobRun, scorer_id: str, folder: Path, device: str):
+    """The trained model of the sibling original-arm job (``row_filter: loss``
+    scores the regenerated rows with it, see :mod:`app.core.families`)."""
+    from models.recommenders.serialization import load_model
+    from models.training_filter import Scorer
+
+    with session_scope(run.ctx.sessions) as session:
+        sibling = session.get(Job, scorer_id)
+        state = None if sibling is None else sibling.state
+        report = dict(sibling.result or {}) if sibling is not None else {}
+    if state != "succeeded":
+        raise ScorerUnavailable(
+            f"the original-arm train job {scorer_id}, whose model scores the regenerated rows "
+            f"(row_filter 'loss'), ended {state or 'missing'}"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("model.safetensors", "config.json"):
+        with run.ctx.store.local_file(f"jobs/{scorer_id}/output/{name}") as path:
+            shutil.copyfile(path, folder / name)
+    source = {"job_id": scorer_id, **{k: report[k] for k in ("epochs_run", "best_epoch", "stopped_early", "valid",
+                                                              "test") if k in report}}
+    return Scorer(load_model(folder, device), source)
 
 
 class ChildJobsFailed(Exception):
@@ -301,7 +335,7 @@ def execute(task: Task, job_id: str) -> str:
     finally:
         shutil.rmtree(scratch.parent, ignore_errors=True)
         if job.parent_job_id is not None:
-            _quietly(_child_ended, job.parent_job_id)
+            _quietly(_child_ended, job.parent_job_id, job.id)
 
 
 def _run_delivery(
@@ -338,7 +372,7 @@ def _run_delivery(
             log.warning("job %s: transient error, retrying: %s", job.id, exc)
             run.requeue(exc)
             raise task.retry(exc=exc, countdown=ctx.settings.retry_backoff_s * job.attempt) from exc
-        if isinstance(exc, JobTimeLimit | SoftTimeLimitExceeded | DataError | ChildJobsFailed):
+        if isinstance(exc, JobTimeLimit | SoftTimeLimitExceeded | DataError | ChildJobsFailed | ScorerUnavailable):
             log.info("job %s failed: %s", job.id, exc)  # the user's data or limits, not a bug
         elif storage_full(exc):
             log.error("job %s failed: the artifact store is full: %s", job.id, exc)
@@ -349,12 +383,17 @@ def _run_delivery(
         return "failed"
 
 
-def _child_ended(parent_id: str) -> None:
+def _child_ended(parent_id: str, job_id: str) -> None:
     """A compare's train job ended (or went back to the queue): count it on
-    the parent, and enqueue the parent once none is left to wait for."""
+    the parent, send the siblings that waited for it as their scorer, and
+    enqueue the parent once none is left to wait for."""
     ctx = get_context()
     with session_scope(ctx.sessions) as session:
         queue = note_child_finished(session, parent_id)
+        released = released_by(session, parent_id, job_id)
+    for kid_id, kid_queue in released:
+        celery_app.send_task(TASK_NAMES["train"], args=[kid_id], queue=kid_queue)
+        log.info("job %s: its scorer %s has ended; sent", kid_id, job_id)
     if queue is not None:
         celery_app.send_task(TASK_NAMES["compare"], args=[parent_id], queue=queue)
         log.info("job %s: its train jobs have finished; aggregating", parent_id)
@@ -384,6 +423,11 @@ def regenerate_task(self: Task, job_id: str) -> str:
 
 @celery_app.task(name=TASK_NAMES["train"], **_TASK_OPTIONS)
 def train_task(self: Task, job_id: str) -> str:
+    with session_scope(get_context().sessions) as session:
+        scorer = scorer_pending(session, job_id)
+    if scorer is not None:  # the scorer's end sends this job again (app.core.families)
+        log.info("job %s: waits for %s, the original arm it scores with", job_id, scorer)
+        return "waiting"
     return execute(self, job_id)
 
 

@@ -9,6 +9,14 @@ children. When the last child ends, the worker that finished it (or, if that
 worker died first, any worker's recovery scan) enqueues the parent's task,
 which aggregates the children's reports. Cancelling the parent cancels its
 children.
+
+One ordering between children: with ``row_filter: loss`` the filter scores
+the regenerated rows with a model of the original rows, which is exactly the
+original arm of the same model and seed. Such a DR4SR child names that
+sibling in ``parameters.scorer_job_id``; a delivery that finds the sibling
+still queued or running returns without running (it stays queued), and the
+sibling's end re-sends it (:func:`released_by`), so the original arm is
+trained once, not twice.
 """
 
 from __future__ import annotations
@@ -106,3 +114,24 @@ def cancel_children(session: Session, parent_id: str) -> int:
         .values(cancel_requested=True, updated_at=now)
     ).rowcount
     return int(queued or 0) + int(running or 0)
+
+
+def scorer_pending(session: Session, job_id: str) -> str | None:
+    """The id of the original-arm sibling this train job scores with, while
+    that sibling is still queued or running (the job must wait); else None."""
+    job = session.get(Job, job_id)
+    scorer_id = (job.parameters or {}).get("scorer_job_id") if job is not None else None
+    if scorer_id is None or job is None or job.state != "queued":
+        return None
+    scorer = session.get(Job, scorer_id)
+    return scorer_id if scorer is not None and scorer.state in ACTIVE_STATES else None
+
+
+def released_by(session: Session, parent_id: str, finished_id: str) -> list[tuple[str, str]]:
+    """(id, queue) of the parent's queued children that waited for
+    ``finished_id`` as their scorer: the caller sends their tasks."""
+    return [
+        (kid.id, kid.queue)
+        for kid in children(session, parent_id)
+        if kid.state == "queued" and (kid.parameters or {}).get("scorer_job_id") == finished_id
+    ]

@@ -282,3 +282,28 @@ def test_quality_groups_compares_two_arms_inside_user_groups(tmp_path):
     missing = subprocess.run([sys.executable, "benchmarks/quality_groups.py", str(data), "--base", "none*.npz",
                               "--arm", "arm-s*.npz"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode != 0 and "no per-user file matches 'none*.npz'" in missing.stderr
+
+
+def test_loss_filtered_runs_share_one_cached_scorer(tmp_path):
+    """The loss filter's scorer is the original arm of the run's settings and
+    seed: trained once, cached, and reused by a run with another kept share."""
+    data = tmp_path / "log.csv"
+    subprocess.run([sys.executable, "-m", "app.cli", "synth", str(data), "--users", "150", "--items", "60"],
+                   cwd=ROOT, check=True, capture_output=True)
+    env = {**os.environ, "DR4SR_QUALITY_RESULTS": str(tmp_path / "benchmarks" / "results")}
+    records = []
+    for keep in ("0.5", "0.25"):
+        cmd = [sys.executable, "benchmarks/quality.py", "--record", "--threads", "1", "--seeds", "1",
+               "--grid", f"{data} x sasrec x dr4sr x sampled_ce", "--epochs", "2", "--regenerator-epochs", "40",
+               "--pretrain-epochs", "1", "--train-set", "row_filter=loss", "--train-set", f"row_filter_keep={keep}",
+               "--tag", f"keep-{keep}"]
+        run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert ("training the loss filter's scorer" in run.stderr) == (keep == "0.5")
+        records.append(json.loads(run.stdout.strip().splitlines()[-1]))
+    first, second = (r["row_filter"] for r in records)
+    assert first is not None and first["regenerated_rows"] > 0
+    assert first["scorer"] == second["scorer"] and first["scorer"]["reused"] is True
+    assert first["scorer"]["from"].startswith("benchmarks/out/scorers/")
+    assert (tmp_path / first["scorer"]["from"] / "model.safetensors").is_file()
+    assert second["kept_rows"] < first["kept_rows"]

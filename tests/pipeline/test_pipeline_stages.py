@@ -199,6 +199,30 @@ def test_compare_over_seeds_reports_mean_sd_and_pooled_tests(dataset, regenerate
                 seeds=[3, 3])
 
 
+def test_a_loss_filtered_compare_scores_with_its_original_arm(dataset, tmp_path):
+    """row_filter 'loss' needs a model of the original rows, which a compare
+    trains anyway as its original arm: that arm is trained once and is the
+    scorer, and the DR4SR run is the one a standalone filtered run gives."""
+    from models.data.sequences import Sequences, TrainRows
+
+    split = dataset.split(50)
+    pairs = [seq[i:i + 2] for seq in split.train.seqs.to_lists()[:60] for i in range(0, len(seq) - 1, 3)]
+    rows = split.train.concat(TrainRows.build(Sequences.from_lists(pairs), RowSource.REGENERATED))
+    cfg = TrainJobConfig(epochs=2, row_filter="loss", row_filter_keep=0.5, seed=4)
+    stages: list[str] = []
+    result = compare(dataset, rows, ["sasrec"], ["dr4sr", "original"], cfg, tmp_path / "cmp",
+                     progress=lambda e: stages.append(e.stage))
+    runs = result.report["runs"]
+    assert [r["variant"] for r in runs] == ["dr4sr", "original"]  # the order asked for
+    assert not any("scorer:" in s for s in stages)  # the original was not trained a second time
+    scorer = runs[0]["row_filter"]["scorer"]
+    assert scorer["reused"] is True and scorer["test"] == runs[1]["test"]
+    alone = train(dataset, rows, cfg, tmp_path / "alone")
+    assert alone.report["row_filter"]["scorer"]["reused"] is False
+    assert alone.report["row_filter"]["kept_rows"] == runs[0]["row_filter"]["kept_rows"] == (len(pairs) + 1) // 2
+    assert runs[0]["test"] == pytest.approx(alone.report["test"])
+
+
 def test_cli_regenerate_then_train_end_to_end(tmp_path):
     log = write(tmp_path / "log.csv", generate(num_users=150, num_items=70, num_patterns=12, seed=5))
     runner = CliRunner()

@@ -14,8 +14,8 @@ from models.data.sequences import RowSource, Sequences, TrainRows
 from models.data.split import leave_one_out
 from models.progress import Cancelled
 from models.recommenders import build_model
-from models.training import train_model
-from models.training_filter import keep_lowest, row_losses
+from models.training import TrainingError, train_model
+from models.training_filter import Scorer, keep_lowest, row_losses
 
 N = 30
 
@@ -143,6 +143,38 @@ def test_the_filter_resumes_inside_either_run(tmp_path):
 
     assert _timeless(resumed.row_filter) == _timeless(full.row_filter)
     assert resumed.test_metrics == pytest.approx(full.test_metrics)
+
+
+def test_a_reused_original_arm_filters_exactly_as_the_scorer_it_would_train():
+    """A comparison hands its original arm in as the scorer: the same rows are
+    kept and the same model trained, without training the original twice."""
+    split, rows = _data()
+    cfg = _config(row_filter="loss", row_filter_keep=0.5)
+    trained = train_model(rows, split.valid, split.test, N, cfg)
+    original = train_model(split.train, split.valid, split.test, N, _config())
+    stages = []
+    reused = train_model(rows, split.valid, split.test, N, cfg, lambda e: stages.append(e.stage),
+                         scorer=Scorer(original.model, {"from": "test"}))
+    assert not any(s.startswith("scorer:") for s in stages)  # no scorer epochs
+    assert reused.row_filter["scorer"] == {"reused": True, "from": "test"}
+    same = {k: v for k, v in reused.row_filter.items() if k != "scorer"}
+    assert same == {k: v for k, v in trained.row_filter.items() if k != "scorer"}
+    assert reused.test_metrics == pytest.approx(trained.test_metrics)
+    assert trained.row_filter["scorer"]["reused"] is False
+
+
+def test_a_scorer_of_another_kind_shape_or_catalogue_is_refused():
+    split, rows = _data()
+    cfg = _config(row_filter="loss")
+    good = {"ffn_size": 16, "max_len": 12}
+    for name, n, overrides, message in (("gru4rec", N, {"max_len": 12}, "is a gru4rec model"),
+                                        ("sasrec", N + 1, good, "knows 31 items"),
+                                        ("sasrec", N, {**good, "embed_dim": 32}, "was built with")):
+        scorer = Scorer(build_model(name, n, overrides), {})
+        with pytest.raises(TrainingError, match=message):
+            train_model(rows, split.valid, split.test, N, cfg, scorer=scorer)
+    with pytest.raises(TrainingError, match="only used by row_filter"):
+        train_model(rows, split.valid, split.test, N, _config(), scorer=Scorer(build_model("sasrec", N, good), {}))
 
 
 def test_the_filter_rejects_what_it_cannot_do():

@@ -303,6 +303,40 @@ def test_compare_trains_each_model_on_each_variant(stack: Stack, regenerated: di
     assert summary["dr4sr"]["seeds"] == 2 and summary["dr4sr"]["significance"]["seeds"] == [1, 2]
 
 
+def test_a_loss_filtered_compare_scores_with_its_original_arm_job(stack: Stack, regenerated: dict) -> None:
+    """row_filter 'loss' scores the regenerated rows with a model of the
+    original rows: in a compare that is the original arm's train job, so the
+    DR4SR train job waits for it and loads its checkpoint instead of training
+    the original a second time."""
+    ds_id = regenerated["dataset"]["id"]
+    with stack.client() as c:
+        # this regeneration must decode regenerated rows for the filter to act on
+        r = c.post("/jobs/regenerate", json={"dataset_id": ds_id,
+                                            "parameters": {**TINY_REGEN, "regenerator_epochs": 40}})
+        assert r.status_code == 202, r.text
+        regen = poll(c, r.json()["id"], timeout=240, stack=stack)
+        assert regen["state"] == "succeeded" and regen["result"]["rows"]["regenerated"] > 0, regen
+        r = c.post("/jobs/compare", json={
+            "dataset_id": ds_id, "models": ["sasrec"], "variants": ["dr4sr", "original"], "seeds": [5],
+            "regeneration_job_id": regen["id"],
+            "parameters": {**TINY_TRAIN, "epochs": 3, "row_filter": "loss", "row_filter_keep": 0.5}})
+        assert r.status_code == 202, r.text
+        plan = {k["variant"]: k["job_id"] for k in r.json()["parameters"]["children"]}
+        job = poll(c, r.json()["id"], timeout=360, stack=stack)
+        assert job["state"] == "succeeded", job
+        dr4sr, original = (c.get(f"/jobs/{plan[v]}").json() for v in ("dr4sr", "original"))
+        report = c.get(job["links"]["report"]).json()
+    assert dr4sr["parameters"]["scorer_job_id"] == original["id"]
+    assert "scorer_job_id" not in original["parameters"]
+    assert dr4sr["started_at"] >= original["finished_at"]  # it waited for its scorer
+    kept = dr4sr["result"]["row_filter"]
+    assert kept["scorer"]["reused"] is True and kept["scorer"]["job_id"] == original["id"]
+    assert kept["scorer"]["test"] == original["result"]["test"]
+    assert kept["kept_rows"] == -(-regen["result"]["rows"]["regenerated"] // 2)
+    run = next(r for r in report["runs"] if r["variant"] == "dr4sr")
+    assert run["row_filter"]["scorer"]["job_id"] == original["id"] and "significance" in run
+
+
 def test_cancelling_a_compare_cancels_its_train_jobs(stack: Stack, regenerated: dict) -> None:
     ds_id = regenerated["dataset"]["id"]
     slow = {**TINY_TRAIN, "epochs": 500, "patience": 500}
