@@ -163,6 +163,9 @@ def compare(
     if any(v != "original" for v in variants) and regenerated_rows is None:
         raise ValueError("variants: 'dr4sr' and 'dr4sr+' need a regenerated dataset")
 
+    for model in models:  # every arm's settings are valid before the first is trained
+        for variant in variants:
+            config.replace(model=model, personalize=variant == "dr4sr+")
     out_dir = Path(out_dir)
     split = dataset.split(config.max_len)
     runs: list[dict[str, Any]] = []

@@ -221,6 +221,12 @@ def test_a_loss_filtered_compare_scores_with_its_original_arm(dataset, tmp_path)
     assert alone.report["row_filter"]["scorer"]["reused"] is False
     assert alone.report["row_filter"]["kept_rows"] == runs[0]["row_filter"]["kept_rows"] == (len(pairs) + 1) // 2
     assert runs[0]["test"] == pytest.approx(alone.report["test"])
+    # the filter does not combine with DR4SR+: refused before any arm is trained
+    stages.clear()
+    with pytest.raises(ValidationError, match="does not combine with DR4SR"):
+        compare(dataset, rows, ["sasrec"], ["original", "dr4sr+"], cfg, tmp_path / "no",
+                progress=lambda e: stages.append(e.stage))
+    assert stages == []
 
 
 def test_cli_regenerate_then_train_end_to_end(tmp_path):
