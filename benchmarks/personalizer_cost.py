@@ -123,6 +123,7 @@ def worker(args: argparse.Namespace) -> dict:
         seed=args.seed,
         num_threads=args.threads,
         max_len=args.max_len,
+        row_filter="none",  # plain training's own cost, without the loss filter's scoring run
     )
     extra: dict = {}
     if args.worker == "plain":

@@ -98,10 +98,29 @@ def _settings_without(settings: str | dict[str, Any] | None, *keys: str) -> str:
     return json.dumps(d, sort_keys=True)
 
 
+def row_filter_arm(rec: dict[str, Any]) -> dict[str, Any]:
+    """The loss filter a run trained with (``{}``: none), by what ran rather
+    than how it was asked for: under the ``auto`` default quality.py records
+    the resolved filter (``row_filter_resolved``); before it, only runs that
+    set ``row_filter=loss`` filtered (``row_filter_keep`` 0.5 unless set). An
+    original run has no regenerated rows to filter."""
+    if rec.get("variant") == "original":
+        return {}
+    if "row_filter_resolved" in rec:
+        return dict(rec["row_filter_resolved"] or {})
+    settings = rec.get("train_settings") or {}
+    if settings.get("row_filter") == "loss":
+        return {"row_filter": "loss", "row_filter_keep": float(settings.get("row_filter_keep", 0.5))}
+    return {}
+
+
 def _train_settings(rec: dict[str, Any]) -> str:
     """Training settings as part of an arm; ``num_negatives`` is left out, as
-    ``negatives`` keys the arm by the resolved value."""
-    return _settings_without(rec.get("train_settings"), "num_negatives")
+    ``negatives`` keys the arm by the resolved value, and so is the loss
+    filter as asked for, replaced by the filter that ran (``row_filter_arm``)."""
+    settings = json.loads(_settings_without(rec.get("train_settings"), "num_negatives", "row_filter",
+                                            "row_filter_keep"))
+    return json.dumps({**settings, **row_filter_arm(rec)}, sort_keys=True)
 
 
 #: Tags that only named settings every record with the tag also carries in
@@ -112,12 +131,22 @@ SETTINGS_TAGS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Tags that only named the loss filter a run trained with (``row_filter_arm``).
+FILTER_TAGS: dict[str, dict[str, Any]] = {
+    f"loss-filter{suffix}": {"row_filter": "loss", "row_filter_keep": keep}
+    for suffix, keep in (("", 0.5), ("-0.25", 0.25), ("-0.75", 0.75))
+}
+
+
 def arm_tag(rec: dict[str, Any]) -> str | None:
     """The tag as part of the arm: ``None`` for a tag in ``SETTINGS_TAGS``
-    whose settings the record carries (the settings key the arm instead)."""
+    whose settings the record carries, or in ``FILTER_TAGS`` whose filter it
+    ran (the settings key the arm instead)."""
     tag = rec.get("tag")
     named = SETTINGS_TAGS.get(tag) if tag else None
     if named is not None and all((rec.get("personalizer_settings") or {}).get(k) == v for k, v in named.items()):
+        return None
+    if tag in FILTER_TAGS and row_filter_arm(rec) == FILTER_TAGS[tag]:
         return None
     return tag
 

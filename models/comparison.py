@@ -175,7 +175,7 @@ def compare(
     step = 0
     for model in models:
         for seed in seeds:
-            # the original arm first: row_filter='loss' scores with it instead of training it again
+            # the original arm first: the loss filter scores with it instead of training it again
             scorer: Scorer | None = None
             done: dict[str, dict[str, Any]] = {}
             for variant in sorted(variants, key=lambda v: v != "original"):
@@ -185,7 +185,7 @@ def compare(
                 cfg = config.replace(model=model, personalize=variant == "dr4sr+", seed=seed)
                 rows = split.train if variant == "original" else regenerated_rows
                 result = _run(dataset, split, rows, cfg, _renamed(progress, f"train {label}"), scorer=scorer)
-                if variant == "original" and config.row_filter == "loss":
+                if variant == "original" and config.filters_rows():
                     scorer = Scorer(result.model, {
                         "from": "the original arm of this comparison", "epochs_run": result.epochs_run,
                         "best_epoch": result.best_epoch + 1, "stopped_early": result.stopped_early,

@@ -376,7 +376,7 @@ def _run(dataset, split: Split, rows: TrainRows, cfg: TrainJobConfig, progress: 
          checkpoint_dir: Path | None = None, scorer: Scorer | None = None):
     """Train (plain or DR4SR+); with ``checkpoint_dir`` the trainer checkpoints
     every epoch there and resumes from a checkpoint it finds (a retried job).
-    ``scorer``: the original arm, for ``row_filter="loss"`` to score with."""
+    ``scorer``: the original arm, for the loss filter to score with."""
     from models.training import train_model
 
     resume = checkpoint_dir is not None
@@ -389,7 +389,7 @@ def _run(dataset, split: Split, rows: TrainRows, cfg: TrainJobConfig, progress: 
         )
     return train_model(rows, split.valid, split.test, dataset.num_items, cfg.train_config(), progress,
                        checkpoint_dir=checkpoint_dir, resume=resume,
-                       scorer=scorer if cfg.row_filter == "loss" else None)
+                       scorer=scorer if cfg.filters_rows(cfg.personalize) else None)
 
 
 def _variant_name(rows: TrainRows | None, personalize: bool) -> str:
@@ -413,7 +413,7 @@ def train(
 
     With ``checkpoint_dir``, training state is saved there every epoch and an
     existing checkpoint is resumed (how a worker continues a crashed job).
-    ``scorer``: with ``row_filter="loss"``, the original arm of the same model,
+    ``scorer``: where the loss filter runs, the original arm of the same model,
     settings and seed, reused instead of training one (a compare job's).
 
     Writes ``model.safetensors`` + ``config.json`` (the checkpoint),

@@ -135,7 +135,8 @@ def train_model(
     continues from ``checkpoint_dir``'s last epoch, or starts fresh when the
     directory holds no checkpoint yet. A :class:`~models.progress.Cancelled`
     raised by ``progress`` propagates; the last finished epoch stays resumable.
-    ``scorer``: with ``row_filter="loss"``, an already trained original arm to
+    ``scorer``: where the loss filter runs (``row_filter`` 'loss', or 'auto',
+    see :meth:`TrainConfig.filters_rows`), an already trained original arm to
     score the regenerated rows with (:mod:`models.training_filter`).
     """
     config = config if config is not None else TrainConfig()
@@ -143,18 +144,21 @@ def train_model(
         raise TrainingError("no training rows")
     if resume and checkpoint_dir is None:
         raise TrainingError("resume=True needs a checkpoint_dir")
-    if scorer is not None and config.row_filter != "loss":
-        raise TrainingError("a scorer is only used by row_filter='loss'")
     if config.finetune != "none":
         from models.training_finetune import train_then_finetune
 
         return train_then_finetune(train, valid, test, num_items, config, progress, checkpoint_dir, resume,
                                    model_hook, loss_fn, step_hook, model_ctx)
-    if config.row_filter != "none":
+    filtered = config.filters_rows(personalized=loss_fn is not None or step_hook is not None)
+    if scorer is not None and not filtered:
+        raise TrainingError(f"a scorer is only used by the loss filter, which row_filter={config.row_filter!r} "
+                            "does not run here")
+    if filtered:
         from models.training_filter import train_with_row_filter
 
-        return train_with_row_filter(train, valid, test, num_items, config, progress, checkpoint_dir, resume,
-                                     model_hook, loss_fn, step_hook, model_ctx, scorer)
+        return train_with_row_filter(train, valid, test, num_items, config.model_copy(update={"row_filter": "loss"}),
+                                     progress, checkpoint_dir, resume, model_hook, loss_fn, step_hook, model_ctx,
+                                     scorer)
     device = resolve_device(config.device)
     if config.world_size > 1:
         return _train_distributed(

@@ -45,7 +45,7 @@ def train_then_finetune(
     # world_size > 1 is refused by TrainConfig's own validation
     if loss_fn is not None or step_hook is not None:
         raise TrainingError("finetune='original' does not combine with a custom loss or step hook (DR4SR+)")
-    plain = config.model_copy(update={"finetune": "none"})
+    plain = config.model_copy(update={"finetune": "none", "row_filter": "none"})
     first = train_model(train, valid, test, num_items, plain, progress, checkpoint_dir, resume,
                         model_hook, None, None, model_ctx)
     original = train.source == int(RowSource.ORIGINAL)

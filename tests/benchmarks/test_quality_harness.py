@@ -152,6 +152,28 @@ def test_a_loss_filtered_arm_is_its_own_arm_and_pairs_with_the_plain_original():
     assert table.paired_originals([filtered], [plain, other]) == [plain]
 
 
+def test_the_loss_filter_that_ran_keys_the_arm_however_it_was_asked_for(tmp_path, monkeypatch):
+    """Under the 'auto' default an untagged run filters: it is the arm of the
+    runs that set row_filter=loss (tagged or not) with the same kept share,
+    never the plain DR4SR arm recorded before, and its per-user file does
+    not overwrite that arm's."""
+    table = _table_module()
+    before = _run("dr4sr", 1)  # plain, recorded before the default
+    asked = {**_run("dr4sr", 1, tag="loss-filter"), "train_settings": {"row_filter": "loss"}}
+    auto = {**_run("dr4sr", 1), "row_filter_resolved": {"row_filter": "loss", "row_filter_keep": 0.5}}
+    quarter = {**_run("dr4sr", 1, tag="loss-filter-0.25"),
+               "train_settings": {"row_filter": "loss", "row_filter_keep": 0.25}}
+    off = {**_run("dr4sr", 1), "train_settings": {"row_filter": "none"}, "row_filter_resolved": None}
+    assert table.arm_key(asked) == table.arm_key(auto) != table.arm_key(before)
+    assert table.arm_key(quarter) != table.arm_key(auto)
+    assert table.arm_key(off) == table.arm_key(before)
+    assert table.arm_key({**asked, "tag": "another"}) != table.arm_key(auto)  # only the tags that named it
+    assert table.row_filter_arm({**auto, "variant": "original"}) == {}
+    path = _per_user_paths(tmp_path, monkeypatch)
+    assert path(auto) != path(before) and "-rf0.5" in path(auto).name
+    assert "-rf" not in path(asked).name  # it names its settings by their hash already
+
+
 def test_the_resolved_number_of_negatives_is_part_of_the_arm(tmp_path, monkeypatch):
     """A changed ``num_negatives`` default must not pool runs made under the old
     one: records without the resolved value ran with 256 unless they set it."""

@@ -31,6 +31,8 @@ def _data():
 
 
 def _config(**kw) -> TrainConfig:
+    # the plain run each phase is compared with: no loss filter (finetune never runs one)
+    kw.setdefault("row_filter", "none")
     return TrainConfig(model="sasrec", model_overrides={"ffn_size": 16}, epochs=4, patience=2, batch_size=64,
                        max_len=12, device="cpu", num_threads=1, seed=3, **kw)
 

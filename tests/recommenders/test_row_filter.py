@@ -173,8 +173,31 @@ def test_a_scorer_of_another_kind_shape_or_catalogue_is_refused():
         scorer = Scorer(build_model(name, n, overrides), {})
         with pytest.raises(TrainingError, match=message):
             train_model(rows, split.valid, split.test, N, cfg, scorer=scorer)
-    with pytest.raises(TrainingError, match="only used by row_filter"):
-        train_model(rows, split.valid, split.test, N, _config(), scorer=Scorer(build_model("sasrec", N, good), {}))
+    for plain in (_config(row_filter="none"), _config(loss="bce")):
+        with pytest.raises(TrainingError, match="only used by the loss filter"):
+            train_model(rows, split.valid, split.test, N, plain, scorer=Scorer(build_model("sasrec", N, good), {}))
+
+
+def test_auto_filters_softmax_runs_on_regenerated_rows_and_nothing_else():
+    """The default ('auto') runs the loss filter where the evidence is (the
+    softmax losses) and where it can run: not with BCE, finetune, several
+    processes or DR4SR+."""
+    split, rows = _data()
+    auto = train_model(rows, split.valid, split.test, N, _config())
+    explicit = train_model(rows, split.valid, split.test, N, _config(row_filter="loss"))
+    assert TrainConfig().row_filter == "auto" and auto.row_filter is not None
+    def timeless(f):
+        return {**f, "scorer": {k: v for k, v in f["scorer"].items() if k != "seconds"}}
+
+    assert timeless(auto.row_filter) == timeless(explicit.row_filter)
+    assert auto.test_metrics == pytest.approx(explicit.test_metrics)
+    assert train_model(rows, split.valid, split.test, N, _config(loss="bce")).row_filter is None
+    finetuned = train_model(rows, split.valid, split.test, N, _config(finetune="original"))
+    assert finetuned.finetune is not None and finetuned.row_filter is None
+    assert not _config(finetune="original").filters_rows() and not _config(world_size=2).filters_rows()
+    assert _config(loss="ce").filters_rows() and not _config().filters_rows(personalized=True)
+    assert not _config(row_filter="none").filters_rows() and _config(row_filter="loss", loss="bce").filters_rows()
+    TrainJobConfig(personalize=True, world_size=1)  # auto never refuses DR4SR+
 
 
 def test_the_filter_rejects_what_it_cannot_do():
