@@ -212,7 +212,7 @@ class ScorerUnavailable(Exception):
 
 
 def _scorer_from_job(run: JobRun, scorer_id: str, folder: Path, device: str):
-    """The trained model of the sibling original-arm job (``row_filter: loss``
+    """The trained model of the sibling original-arm job (the loss filter
     scores the regenerated rows with it, see :mod:`app.core.families`)."""
     from models.recommenders.serialization import load_model
     from models.training_filter import Scorer
@@ -224,7 +224,7 @@ def _scorer_from_job(run: JobRun, scorer_id: str, folder: Path, device: str):
     if state != "succeeded":
         raise ScorerUnavailable(
             f"the original-arm train job {scorer_id}, whose model scores the regenerated rows "
-            f"(row_filter 'loss'), ended {state or 'missing'}"
+            f"(the loss filter, row_filter), ended {state or 'missing'}"
         )
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("model.safetensors", "config.json"):

@@ -10,9 +10,10 @@ worker died first, any worker's recovery scan) enqueues the parent's task,
 which aggregates the children's reports. Cancelling the parent cancels its
 children.
 
-One ordering between children: with ``row_filter: loss`` the filter scores
-the regenerated rows with a model of the original rows, which is exactly the
-original arm of the same model and seed. Such a DR4SR child names that
+One ordering between children: the loss filter (``row_filter`` 'loss', or the
+'auto' default with a softmax loss) scores the regenerated rows with a model
+of the original rows, which is exactly the original arm of the same model
+and seed. Such a DR4SR child names that
 sibling in ``parameters.scorer_job_id``; a delivery that finds the sibling
 still queued or running returns without running (it stays queued), and the
 sibling's end re-sends it (:func:`released_by`), so the original arm is

@@ -135,10 +135,10 @@ def submit_train(
     "progress counting finished children), then aggregates their reports: mean ± sd over "
     "seeds and paired significance tests against the original data. If a train job fails or "
     "is cancelled, the compare fails and names it. Cancelling the compare cancels its train "
-    "jobs. With `parameters.row_filter` `loss` the DR4SR train job scores the regenerated rows "
-    "with the model of its sibling original-arm job (same model and seed), so it stays `queued` "
-    "until that job ends and names it in `parameters.scorer_job_id`; the original arm is trained "
-    "once. A compare counts as one job towards the per-principal limit.",
+    "jobs. Where the loss filter runs (`parameters.row_filter`: the `auto` default with a softmax "
+    "loss, or `loss`), the DR4SR train job scores the regenerated rows with the model of its "
+    "sibling original-arm job (same model and seed), so it stays `queued` until that job ends "
+    "and names it in `parameters.scorer_job_id`; the original arm is trained once. A compare counts as one job towards the per-principal limit.",
 )
 def submit_compare(
     body: CompareRequest, session: SessionDep, principal: PrincipalDep, services: ServicesDep
