@@ -214,6 +214,35 @@ def _composition(comp: dict) -> str:
     )
 
 
+def _row_filters(report: dict) -> str:
+    """What the loss filter kept, for a train report and for each filtered run of a comparison."""
+    found = [(report.get("variant", ""), report["row_filter"])] if report.get("row_filter") else []
+    found += [(f"{r.get('model')} / {r.get('variant')} / seed {r.get('seed')}", r["row_filter"])
+              for r in report.get("runs", []) if r.get("row_filter")]
+    if not found:
+        return ""
+
+    def scorer(s: dict) -> str:
+        origin = (f"job {s['job_id']}" if s.get("job_id") else s.get("from", "reused")) if s.get("reused") else "trained"
+        ndcg = (s.get("test") or {}).get("ndcg@20")
+        return f"{origin}" + (f", test NDCG@20 {ndcg:.4f}" if ndcg is not None else "")
+
+    body = "".join(
+        f"<tr><td>{html.escape(label)}</td><td>{f['kept_rows']:,} of {f['regenerated_rows']:,}</td>"
+        f"<td>{f['threshold']:.3f}</td><td>{(f.get('loss_kept') or {}).get('median', float('nan')):.3f}</td>"
+        f"<td>{(f.get('loss_dropped') or {}).get('median', float('nan')):.3f}</td>"
+        f"<td>{html.escape(scorer(f.get('scorer') or {}))}</td></tr>"
+        for label, f in found
+    )
+    return (
+        "<h2>Loss filter of the regenerated rows</h2><p>Each regenerated row is scored by its mean cross-entropy "
+        "under a model of the original rows (the scorer: the original arm); the rows with the lowest loss are "
+        "kept (<code>row_filter</code>, <code>row_filter_keep</code>).</p><table><thead><tr><th>run</th>"
+        "<th>regenerated rows kept</th><th>loss threshold</th><th>median loss kept</th>"
+        f"<th>median loss dropped</th><th>scorer</th></tr></thead><tbody>{body}</tbody></table>"
+    )
+
+
 def render_regeneration_html(stats: dict, title: str) -> str:
     """A regeneration's page: its warnings, the rows by source and the mining statistics."""
     patterns = {k: v for k, v in (stats.get("patterns") or {}).items()}
@@ -250,6 +279,7 @@ def render_html(report: dict) -> str:
         if png:
             parts.append(f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='data:image/png;base64,{png}'>")
     parts.append(_composition(report.get("composition") or {}))
+    parts.append(_row_filters(report))
     parts.append(_kv_table("Dataset", report.get("dataset", {})))
     parts.append(_kv_table("Protocol", report.get("protocol", {})))
     if report.get("valid"):
