@@ -14,7 +14,11 @@
 #               epoch each. Beauty's three DR4SR seeds need about 6 minutes,
 #               so a 15-minute lease fits one dataset's DR4SR arm, not more
 #   LOSSES      default bce,ce
-#   ARMS        default original,dr4sr,dr4sr+ (run in this order per process)
+#   ARMS        default original,dr4sr,dr4sr+ (run in this order per process);
+#               with a softmax loss the dr4sr arm runs the loss filter (the
+#               row_filter 'auto' default: one more original run as its scorer,
+#               cached per seed); QUALITY_ARGS="--train-set row_filter=none"
+#               gives plain DR4SR
 #   PERS_ARGS   quality.py arguments for the DR4SR+ arm only (the
 #               personalizer settings and their --tag)
 #   REGEN_FROM  a folder of regenerations made elsewhere (quality.py's cache
