@@ -247,8 +247,9 @@ def cached_scorer(dataset_path: Path, dataset, cfg: TrainJobConfig, tag: str):
     from models.recommenders.serialization import load_model
     from models.training_filter import Scorer
 
-    plain = cfg.replace(row_filter="none", row_filter_keep=TrainJobConfig().row_filter_keep)
-    key = hashlib.sha1(json.dumps({"dataset": dataset_path.name, **plain.as_dict()}, sort_keys=True,
+    plain = cfg.replace(row_filter="none")
+    settings = {k: v for k, v in plain.as_dict().items() if k not in ("row_filter", "row_filter_keep")}
+    key = hashlib.sha1(json.dumps({"dataset": dataset_path.name, **settings}, sort_keys=True,
                                   default=str).encode()).hexdigest()[:10]
     folder = SCORER_CACHE / f"{dataset_path.stem}-{cfg.model}-{cfg.loss}-s{cfg.seed}-{key}"
     SCORER_CACHE.mkdir(parents=True, exist_ok=True)
