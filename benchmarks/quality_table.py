@@ -102,7 +102,8 @@ def row_filter_arm(rec: dict[str, Any]) -> dict[str, Any]:
     """The loss filter a run trained with (``{}``: none), by what ran rather
     than how it was asked for: under the ``auto`` default quality.py records
     the resolved filter (``row_filter_resolved``); before it, only runs that
-    set ``row_filter=loss`` filtered (``row_filter_keep`` 0.5 unless set). An
+    set ``row_filter=loss`` filtered (``row_filter_keep`` 0.5, the default of
+    that time, unless set). An
     original run has no regenerated rows to filter."""
     if rec.get("variant") == "original":
         return {}
