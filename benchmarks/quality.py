@@ -244,7 +244,6 @@ def cached_scorer(dataset_path: Path, dataset, cfg: TrainJobConfig, tag: str):
     """The loss filter's scorer for ``cfg``: the original arm of the same
     settings and seed (``row_filter_keep`` aside), trained once and kept under
     SCORER_CACHE (a file lock makes a second process wait for it)."""
-    from models.recommenders.serialization import load_model
     from models.training_filter import Scorer
 
     plain = cfg.replace(row_filter="none")
@@ -258,11 +257,7 @@ def cached_scorer(dataset_path: Path, dataset, cfg: TrainJobConfig, tag: str):
         if not (folder / "report.json").is_file():
             _log(f"training the loss filter's scorer {folder.name}")
             train(dataset, None, plain, folder, _progress(f"{tag} scorer"))
-    report = json.loads((folder / "report.json").read_text())
-    return Scorer(load_model(folder, cfg.device), {
-        "from": str(folder.relative_to(BASE)), "epochs_run": report["epochs_run"], "best_epoch": report["best_epoch"],
-        "stopped_early": report["stopped_early"], "seconds": report["seconds"], "valid": report["valid"],
-        "test": report["test"]})
+    return Scorer.from_folder(folder, cfg.device, **{"from": str(folder.relative_to(BASE))})
 
 
 def personalizer_settings(cfg: TrainJobConfig) -> dict[str, Any]:

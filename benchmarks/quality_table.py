@@ -103,8 +103,7 @@ def row_filter_arm(rec: dict[str, Any]) -> dict[str, Any]:
     than how it was asked for: under the ``auto`` default quality.py records
     the resolved filter (``row_filter_resolved``); before it, only runs that
     set ``row_filter=loss`` filtered (``row_filter_keep`` 0.5, the default of
-    that time, unless set). An
-    original run has no regenerated rows to filter."""
+    that time, unless set). An original run has no regenerated rows to filter."""
     if rec.get("variant") == "original":
         return {}
     if "row_filter_resolved" in rec:

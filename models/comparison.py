@@ -186,10 +186,7 @@ def compare(
                 rows = split.train if variant == "original" else regenerated_rows
                 result = _run(dataset, split, rows, cfg, _renamed(progress, f"train {label}"), scorer=scorer)
                 if variant == "original" and config.filters_rows():
-                    scorer = Scorer(result.model, {
-                        "from": "the original arm of this comparison", "epochs_run": result.epochs_run,
-                        "best_epoch": result.best_epoch + 1, "stopped_early": result.stopped_early,
-                        "valid": result.valid_metrics, "test": result.test_metrics})
+                    scorer = Scorer.of(result, **{"from": "the original arm of this comparison"})
                 done[variant] = run_entry(model, variant, seed, {
                     "test": result.test_metrics, "valid": result.valid_metrics,
                     "best_epoch": result.best_epoch + 1, "seconds": round(result.seconds, 2),

@@ -388,8 +388,7 @@ def _run(dataset, split: Split, rows: TrainRows, cfg: TrainJobConfig, progress: 
             progress, checkpoint_dir=checkpoint_dir, resume=resume,
         )
     return train_model(rows, split.valid, split.test, dataset.num_items, cfg.train_config(), progress,
-                       checkpoint_dir=checkpoint_dir, resume=resume,
-                       scorer=scorer if cfg.filters_rows(cfg.personalize) else None)
+                       checkpoint_dir=checkpoint_dir, resume=resume, scorer=scorer)
 
 
 def _variant_name(rows: TrainRows | None, personalize: bool) -> str:

@@ -31,6 +31,7 @@ train jobs in the service): the filter then costs nothing beyond its own run.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,26 @@ class Scorer:
     model: SequentialRecommender
     source: dict[str, Any]
 
+    @classmethod
+    def of(cls, result: Any, **origin: Any) -> Scorer:
+        """A finished run (a :class:`models.training.TrainResult`) as the scorer."""
+        return cls(result.model, {**origin, "epochs_run": result.epochs_run, "best_epoch": result.best_epoch + 1,
+                                  "stopped_early": result.stopped_early, "seconds": result.seconds,
+                                  "valid": result.valid_metrics, "test": result.test_metrics})
+
+    @classmethod
+    def from_folder(cls, folder: Path, device: torch.device | str, **origin: Any) -> Scorer:
+        """A folder written by :func:`models.pipeline.train` (``model.safetensors``,
+        ``config.json`` and ``report.json``) as the scorer."""
+        from models.recommenders.serialization import load_model
+
+        report = json.loads((Path(folder) / "report.json").read_text())
+        return cls(load_model(folder, device), {**origin, **{k: report[k] for k in _SUMMARY if k in report}})
+
+
+# what a scorer's source repeats of its run (the train report's names)
+_SUMMARY = ("epochs_run", "best_epoch", "stopped_early", "seconds", "valid", "test")
+
 
 def check_scorer(scorer: Scorer, config: TrainConfig, num_items: int) -> None:
     """Refuse a scorer that is not a model of this run's kind, shape and catalogue."""
@@ -150,22 +171,17 @@ def train_with_row_filter(
         progress(dataclasses.replace(event, stage=f"scorer:{event.stage}"))
 
     device = resolve_device(config.device)
+    reused = scorer is not None
     if scorer is None:
         trained = train_model(
             train.take(original), valid, test, num_items, plain, scoring,
             None if checkpoint_dir is None else Path(checkpoint_dir) / "scorer", resume,
             model_hook, None, None, model_ctx,
         )
-        scorer_model, scorer_seconds = trained.model, trained.seconds
-        scorer_report: dict[str, Any] = {
-            "reused": False, "epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch + 1,
-            "stopped_early": trained.stopped_early, "seconds": trained.seconds,
-            "valid": trained.valid_metrics, "test": trained.test_metrics}
+        scorer = Scorer.of(trained)
     else:
         check_scorer(scorer, config, num_items)
-        scorer_model, scorer_seconds = scorer.model.to(device), 0.0
-        scorer_report = {"reused": True, **scorer.source}
-    losses = row_losses(scorer_model, train.take(regenerated), device)
+    losses = row_losses(scorer.model.to(device), train.take(regenerated), device)
     kept = np.zeros(len(regenerated), dtype=bool)
     kept[keep_lowest(losses, config.row_filter_keep)] = True
     keep_rows = train.source != int(RowSource.REGENERATED)
@@ -175,7 +191,7 @@ def train_with_row_filter(
                         model_hook, None, None, model_ctx)
     return dataclasses.replace(
         final,
-        seconds=scorer_seconds + final.seconds,
+        seconds=final.seconds + (0.0 if reused else scorer.source["seconds"]),
         row_filter={
             "by": "loss",
             "keep": config.row_filter_keep,
@@ -185,6 +201,6 @@ def train_with_row_filter(
             "loss_kept": _summary(losses[kept]),
             "loss_dropped": _summary(losses[~kept]),
             "training_rows": int(len(filtered)),
-            "scorer": scorer_report,
+            "scorer": {"reused": reused, **scorer.source},
         },
     )

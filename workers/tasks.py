@@ -214,25 +214,21 @@ class ScorerUnavailable(Exception):
 def _scorer_from_job(run: JobRun, scorer_id: str, folder: Path, device: str):
     """The trained model of the sibling original-arm job (the loss filter
     scores the regenerated rows with it, see :mod:`app.core.families`)."""
-    from models.recommenders.serialization import load_model
     from models.training_filter import Scorer
 
     with session_scope(run.ctx.sessions) as session:
         sibling = session.get(Job, scorer_id)
         state = None if sibling is None else sibling.state
-        report = dict(sibling.result or {}) if sibling is not None else {}
     if state != "succeeded":
         raise ScorerUnavailable(
             f"the original-arm train job {scorer_id}, whose model scores the regenerated rows "
             f"(the loss filter, row_filter), ended {state or 'missing'}"
         )
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("model.safetensors", "config.json"):
+    for name in ("model.safetensors", "config.json", "report.json"):
         with run.ctx.store.local_file(f"jobs/{scorer_id}/output/{name}") as path:
             shutil.copyfile(path, folder / name)
-    source = {"job_id": scorer_id, **{k: report[k] for k in ("epochs_run", "best_epoch", "stopped_early", "valid",
-                                                              "test") if k in report}}
-    return Scorer(load_model(folder, device), source)
+    return Scorer.from_folder(folder, device, job_id=scorer_id)
 
 
 class ChildJobsFailed(Exception):
