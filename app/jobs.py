@@ -295,7 +295,7 @@ def submit_compare(
     kids: list[Job] = []
     plan: list[dict[str, Any]] = []
     # the loss filter scores with the original arm: the DR4SR child waits for it (app.core.families)
-    filtered = "original" in variants and train_job_config(config).filters_rows()
+    filtered = "original" in variants and train_job_config(config).runs_loss_filter()
     for model in models:
         for seed in seeds:
             ids = {variant: str(uuid.uuid4()) for variant in variants}

@@ -203,7 +203,7 @@ def _per_user_path(rec: dict[str, Any]) -> Path:
     if rec.get("train_settings"):
         parts.append("t" + hashlib.sha1(json.dumps(rec["train_settings"], sort_keys=True).encode()).hexdigest()[:8])
     resolved = rec.get("row_filter_resolved")
-    if resolved and (rec.get("train_settings") or {}).get("row_filter") != "loss":  # filtered by default
+    if resolved and (rec.get("train_settings") or {}).get("row_filter") not in ("loss", "random"):  # by default
         parts.append(f"rf{resolved['row_filter_keep']}")
     if rec.get("tag"):
         parts.append(rec["tag"])
@@ -300,9 +300,10 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
     )
     # the resolved value, part of the arm: a changed default never pools with runs made under the old one
     rec["num_negatives"] = cfg.num_negatives if loss == "sampled_ce" else None
-    # likewise the loss filter that runs ('auto' resolved; quality_table.row_filter_arm)
-    rec["row_filter_resolved"] = ({"row_filter": "loss", "row_filter_keep": cfg.row_filter_keep}
-                                  if variant != "original" and cfg.filters_rows(cfg.personalize) else None)
+    # likewise the row filter that runs ('auto' resolved; quality_table.row_filter_arm)
+    resolved = cfg.resolved_row_filter(cfg.personalize)
+    rec["row_filter_resolved"] = ({"row_filter": resolved, "row_filter_keep": cfg.row_filter_keep}
+                                  if variant != "original" and resolved != "none" else None)
     if variant == "dr4sr+":
         rec["personalizer_settings"] = personalizer_settings(cfg)
     records = _load_records()
@@ -320,7 +321,7 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
     tag = f"{dataset_path.stem} {model} {variant} {loss} s{seed}"
     _log(f"start {tag}")
     work = REGEN_CACHE.parent / "runs" / f"{tag.replace(' ', '-')}-{int(time.time())}"
-    scorer = cached_scorer(dataset_path, dataset, cfg, tag) if cfg.filters_rows(cfg.personalize) and rows is not None else None
+    scorer = cached_scorer(dataset_path, dataset, cfg, tag) if cfg.runs_loss_filter(cfg.personalize) and rows is not None else None
     outcome = train(dataset, rows, cfg, work, _progress(tag), scorer=scorer)
     report = outcome.report
     stopped = "early" if report["epochs_run"] < args.epochs else "capped"
@@ -332,7 +333,7 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
         "loss_scale": report.get("loss_scale"),  # the scale used ('auto' resolved)
         "forward_slices": cfg.forward_slices,  # exact (same gradients): not part of the arm
         "finetune": report.get("finetune"),  # finetune='original': both phases and which was kept
-        "row_filter": report.get("row_filter"),  # row_filter='loss': the scorer run and the rows it kept
+        "row_filter": report.get("row_filter"),  # what the row filter kept ('loss': and its scorer)
         "seconds": round(time.perf_counter() - started, 1),
         "train_seconds": report["seconds"],
         "test": report["test"],

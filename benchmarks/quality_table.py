@@ -99,7 +99,7 @@ def _settings_without(settings: str | dict[str, Any] | None, *keys: str) -> str:
 
 
 def row_filter_arm(rec: dict[str, Any]) -> dict[str, Any]:
-    """The loss filter a run trained with (``{}``: none), by what ran rather
+    """The row filter a run trained with (``{}``: none), by what ran rather
     than how it was asked for: under the ``auto`` default quality.py records
     the resolved filter (``row_filter_resolved``); before it, only runs that
     set ``row_filter=loss`` filtered (``row_filter_keep`` 0.5, the default of

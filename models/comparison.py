@@ -185,7 +185,7 @@ def compare(
                 cfg = config.replace(model=model, personalize=variant == "dr4sr+", seed=seed)
                 rows = split.train if variant == "original" else regenerated_rows
                 result = _run(dataset, split, rows, cfg, _renamed(progress, f"train {label}"), scorer=scorer)
-                if variant == "original" and config.filters_rows():
+                if variant == "original" and config.runs_loss_filter():
                     scorer = Scorer.of(result, **{"from": "the original arm of this comparison"})
                 done[variant] = run_entry(model, variant, seed, {
                     "test": result.test_metrics, "valid": result.valid_metrics,

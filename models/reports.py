@@ -215,29 +215,37 @@ def _composition(comp: dict) -> str:
 
 
 def _row_filters(report: dict) -> str:
-    """What the loss filter kept, for a train report and for each filtered run of a comparison."""
+    """What the row filter kept, for a train report and for each filtered run of a comparison."""
     found = [(report.get("variant", ""), report["row_filter"])] if report.get("row_filter") else []
     found += [(f"{r.get('model')} / {r.get('variant')} / seed {r.get('seed')}", r["row_filter"])
               for r in report.get("runs", []) if r.get("row_filter")]
     if not found:
         return ""
 
-    def scorer(s: dict) -> str:
+    def scorer(f: dict) -> str:
+        if f.get("by") == "random":
+            return "none: drawn at random (the control)"
+        s = f.get("scorer") or {}
         origin = (f"job {s['job_id']}" if s.get("job_id") else s.get("from", "reused")) if s.get("reused") else "trained"
         ndcg = (s.get("test") or {}).get("ndcg@20")
         return f"{origin}" + (f", test NDCG@20 {ndcg:.4f}" if ndcg is not None else "")
 
+    def figure(value: float | None) -> str:
+        return "–" if value is None else f"{value:.3f}"
+
     body = "".join(
-        f"<tr><td>{html.escape(label)}</td><td>{f['kept_rows']:,} of {f['regenerated_rows']:,}</td>"
-        f"<td>{f['threshold']:.3f}</td><td>{(f.get('loss_kept') or {}).get('median', float('nan')):.3f}</td>"
-        f"<td>{(f.get('loss_dropped') or {}).get('median', float('nan')):.3f}</td>"
-        f"<td>{html.escape(scorer(f.get('scorer') or {}))}</td></tr>"
+        f"<tr><td>{html.escape(label)}</td><td>{html.escape(f.get('by', 'loss'))}</td>"
+        f"<td>{f['kept_rows']:,} of {f['regenerated_rows']:,}</td>"
+        f"<td>{figure(f.get('threshold'))}</td><td>{figure((f.get('loss_kept') or {}).get('median'))}</td>"
+        f"<td>{figure((f.get('loss_dropped') or {}).get('median'))}</td>"
+        f"<td>{html.escape(scorer(f))}</td></tr>"
         for label, f in found
     )
     return (
-        "<h2>Loss filter of the regenerated rows</h2><p>Each regenerated row is scored by its mean cross-entropy "
-        "under a model of the original rows (the scorer: the original arm); the rows with the lowest loss are "
-        "kept (<code>row_filter</code>, <code>row_filter_keep</code>).</p><table><thead><tr><th>run</th>"
+        "<h2>Filter of the regenerated rows</h2><p>The loss filter scores each regenerated row by its mean "
+        "cross-entropy under a model of the original rows (the scorer: the original arm) and keeps the rows with the "
+        "lowest loss; its control, <code>random</code>, keeps the same share drawn at random (<code>row_filter</code>, "
+        "<code>row_filter_keep</code>).</p><table><thead><tr><th>run</th><th>filter</th>"
         "<th>regenerated rows kept</th><th>loss threshold</th><th>median loss kept</th>"
         f"<th>median loss dropped</th><th>scorer</th></tr></thead><tbody>{body}</tbody></table>"
     )

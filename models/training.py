@@ -32,7 +32,7 @@ epoch loop (:func:`train_model`), :mod:`models.training_checkpoint` the run's
 resumable state and its ``last.*`` files, :mod:`models.training_distributed`
 the ``world_size > 1`` data-parallel ranks (and :mod:`models.training_finetune`
 the ``finetune="original"`` second phase, :mod:`models.training_filter` the
-``row_filter="loss"`` scorer and filter). Every knob is a field of
+``row_filter`` filters: the loss filter's scorer, and its random control). Every knob is a field of
 :class:`models.config.TrainConfig`.
 """
 
@@ -105,7 +105,7 @@ class TrainResult:
     stopped_early: bool = False
     loss_scale: str = "batch"  # the loss scale used ('auto' resolved, see resolve_loss_scale)
     finetune: dict[str, Any] | None = None  # finetune='original': both phases and which was kept
-    row_filter: dict[str, Any] | None = None  # row_filter='loss': the scorer and what it kept
+    row_filter: dict[str, Any] | None = None  # row_filter 'loss' / 'random': what it kept (and the scorer)
 
 
 # ---------------------------------------------------------------------------
@@ -136,7 +136,7 @@ def train_model(
     directory holds no checkpoint yet. A :class:`~models.progress.Cancelled`
     raised by ``progress`` propagates; the last finished epoch stays resumable.
     ``scorer``: where the loss filter runs (``row_filter`` 'loss', or 'auto',
-    see :meth:`TrainConfig.filters_rows`), an already trained original arm to
+    see :meth:`TrainConfig.runs_loss_filter`), an already trained original arm to
     score the regenerated rows with (:mod:`models.training_filter`).
     """
     config = config if config is not None else TrainConfig()
@@ -149,14 +149,14 @@ def train_model(
 
         return train_then_finetune(train, valid, test, num_items, config, progress, checkpoint_dir, resume,
                                    model_hook, loss_fn, step_hook, model_ctx)
-    filtered = config.filters_rows(personalized=loss_fn is not None or step_hook is not None)
-    if scorer is not None and not filtered:
+    row_filter = config.resolved_row_filter(personalized=loss_fn is not None or step_hook is not None)
+    if scorer is not None and row_filter != "loss":
         raise TrainingError(f"a scorer is only used by the loss filter, which row_filter={config.row_filter!r} "
                             "does not run here")
-    if filtered:
+    if row_filter != "none":
         from models.training_filter import train_with_row_filter
 
-        return train_with_row_filter(train, valid, test, num_items, config.model_copy(update={"row_filter": "loss"}),
+        return train_with_row_filter(train, valid, test, num_items, config.model_copy(update={"row_filter": row_filter}),
                                      progress, checkpoint_dir, resume, model_hook, loss_fn, step_hook, model_ctx,
                                      scorer)
     device = resolve_device(config.device)

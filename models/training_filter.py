@@ -26,6 +26,11 @@ Step 1 *is* the original arm of the same seed, so a comparison that trains
 that arm anyway hands its model in as a :class:`Scorer` and step 1 is
 skipped (``models.comparison.compare`` in one process, the compare job's
 train jobs in the service): the filter then costs nothing beyond its own run.
+
+``row_filter="random"`` is the filter's control: the same share of
+regenerated rows, drawn uniformly with the run's seed (no scorer). Against it,
+the loss filter's figures tell its ranking apart from simply training on fewer
+regenerated rows.
 """
 
 from __future__ import annotations
@@ -73,14 +78,23 @@ def row_losses(model: SequentialRecommender, rows: TrainRows, device: torch.devi
     return total / np.maximum(count, 1.0)
 
 
+def _kept_count(n: int, keep: float) -> int:
+    """``ceil(keep * n)``, at least one where there is a row."""
+    return 0 if n == 0 else min(n, max(1, int(np.ceil(keep * n - 1e-9))))
+
+
 def keep_lowest(losses: np.ndarray, keep: float) -> np.ndarray:
     """Sorted indices of the ``ceil(keep * n)`` lowest losses (at least one;
     ties go to the earlier row)."""
-    n = len(losses)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    k = min(n, max(1, int(np.ceil(keep * n - 1e-9))))
+    k = _kept_count(len(losses), keep)
     return np.sort(np.argsort(losses, kind="stable")[:k]).astype(np.int64)
+
+
+def keep_random(n: int, keep: float, seed: int) -> np.ndarray:
+    """Sorted indices of ``ceil(keep * n)`` of ``n`` rows drawn uniformly
+    without replacement (the loss filter's count, chosen by ``seed``)."""
+    rng = np.random.default_rng([seed, 0x5EED])  # its own stream: not the trainer's batching
+    return np.sort(rng.choice(n, size=_kept_count(n, keep), replace=False)).astype(np.int64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,57 +164,56 @@ def train_with_row_filter(
     model_ctx: dict[str, Any] | None,
     scorer: Scorer | None = None,
 ):
-    """The three steps of the module docstring; with ``scorer``, step 1 is
-    that model (see :class:`Scorer`)."""
+    """The three steps of the module docstring for ``config.row_filter`` 'loss'
+    (with ``scorer``, step 1 is that model, see :class:`Scorer`); for 'random',
+    the kept rows are drawn instead (step 3 alone)."""
     from models.evaluation import resolve_device
     from models.training import TrainingError, train_model
 
+    by = config.row_filter
+    if by not in ("loss", "random"):
+        raise TrainingError(f"train_with_row_filter runs row_filter 'loss' or 'random', not {by!r}")
     # world_size > 1 and finetune are refused by TrainConfig's own validation, DR4SR+ by TrainJobConfig's
     if loss_fn is not None or step_hook is not None:
-        raise TrainingError("row_filter='loss' does not combine with a custom loss or step hook (DR4SR+)")
+        raise TrainingError(f"row_filter={by!r} does not combine with a custom loss or step hook (DR4SR+)")
     plain = config.model_copy(update={"row_filter": "none"})
     regenerated = np.flatnonzero(train.source == int(RowSource.REGENERATED))
     if len(regenerated) == 0:
         return train_model(train, valid, test, num_items, plain, progress, checkpoint_dir, resume,
                            model_hook, None, None, model_ctx)
-    original = np.flatnonzero(train.source == int(RowSource.ORIGINAL))
-    if len(original) == 0:
-        raise TrainingError("row_filter='loss' needs original rows to train its scorer on; the rows hold none")
-
-    def scoring(event: ProgressEvent) -> None:  # the scorer's epochs report as their own stage
-        progress(dataclasses.replace(event, stage=f"scorer:{event.stage}"))
-
-    device = resolve_device(config.device)
-    reused = scorer is not None
-    if scorer is None:
-        trained = train_model(
-            train.take(original), valid, test, num_items, plain, scoring,
-            None if checkpoint_dir is None else Path(checkpoint_dir) / "scorer", resume,
-            model_hook, None, None, model_ctx,
-        )
-        scorer = Scorer.of(trained)
-    else:
-        check_scorer(scorer, config, num_items)
-    losses = row_losses(scorer.model.to(device), train.take(regenerated), device)
     kept = np.zeros(len(regenerated), dtype=bool)
-    kept[keep_lowest(losses, config.row_filter_keep)] = True
+    report: dict[str, Any] = {"by": by, "keep": config.row_filter_keep, "regenerated_rows": int(len(regenerated))}
+    scorer_seconds = 0.0
+    if by == "random":
+        kept[keep_random(len(regenerated), config.row_filter_keep, config.seed)] = True
+    else:
+        original = np.flatnonzero(train.source == int(RowSource.ORIGINAL))
+        if len(original) == 0:
+            raise TrainingError("row_filter='loss' needs original rows to train its scorer on; the rows hold none")
+
+        def scoring(event: ProgressEvent) -> None:  # the scorer's epochs report as their own stage
+            progress(dataclasses.replace(event, stage=f"scorer:{event.stage}"))
+
+        device = resolve_device(config.device)
+        reused = scorer is not None
+        if scorer is None:
+            trained = train_model(
+                train.take(original), valid, test, num_items, plain, scoring,
+                None if checkpoint_dir is None else Path(checkpoint_dir) / "scorer", resume,
+                model_hook, None, None, model_ctx,
+            )
+            scorer = Scorer.of(trained)
+            scorer_seconds = scorer.source["seconds"]
+        else:
+            check_scorer(scorer, config, num_items)
+        losses = row_losses(scorer.model.to(device), train.take(regenerated), device)
+        kept[keep_lowest(losses, config.row_filter_keep)] = True
+        report.update(threshold=float(losses[kept].max()), loss_kept=_summary(losses[kept]),
+                      loss_dropped=_summary(losses[~kept]), scorer={"reused": reused, **scorer.source})
     keep_rows = train.source != int(RowSource.REGENERATED)
     keep_rows[regenerated[kept]] = True
     filtered = train.take(np.flatnonzero(keep_rows))
     final = train_model(filtered, valid, test, num_items, plain, progress, checkpoint_dir, resume,
                         model_hook, None, None, model_ctx)
-    return dataclasses.replace(
-        final,
-        seconds=final.seconds + (0.0 if reused else scorer.source["seconds"]),
-        row_filter={
-            "by": "loss",
-            "keep": config.row_filter_keep,
-            "regenerated_rows": int(len(regenerated)),
-            "kept_rows": int(kept.sum()),
-            "threshold": float(losses[kept].max()),
-            "loss_kept": _summary(losses[kept]),
-            "loss_dropped": _summary(losses[~kept]),
-            "training_rows": int(len(filtered)),
-            "scorer": {"reused": reused, **scorer.source},
-        },
-    )
+    report.update(kept_rows=int(kept.sum()), training_rows=int(len(filtered)))
+    return dataclasses.replace(final, seconds=final.seconds + scorer_seconds, row_filter=report)

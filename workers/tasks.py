@@ -199,7 +199,7 @@ def _train(run: JobRun, job: ClaimedJob, scratch: Path) -> Outcome:
         run.progress, checkpoint, store, resume_prefix(job.id), settings.checkpoint_sync_interval_s
     )
     scorer = None
-    if p.get("scorer_job_id") and config.filters_rows(config.personalize):
+    if p.get("scorer_job_id") and config.runs_loss_filter(config.personalize):
         scorer = _scorer_from_job(run, p["scorer_job_id"], scratch / "scorer", config.device)
     with loaded_dataset(store, job.dataset_id) as dataset:
         outcome = train(dataset, rows, config, scratch / "output", sync, checkpoint_dir=checkpoint,

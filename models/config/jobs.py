@@ -37,9 +37,10 @@ class TrainJobConfig(TrainConfig):
         if self.finetune != "none" and self.personalize:
             raise _fail(("finetune",), "a second phase on the original rows does not combine with DR4SR+ (personalize)",
                         self.finetune, type(self).__name__)
-        if self.row_filter == "loss" and self.personalize:
-            raise _fail(("row_filter",), "the loss filter does not combine with DR4SR+ (personalize): the personalizer "
-                        "already weighs regenerated rows by what they do to the model", self.row_filter, type(self).__name__)
+        if self.row_filter in ("loss", "random") and self.personalize:
+            raise _fail(("row_filter",), f"the row filter ({self.row_filter!r}) does not combine with DR4SR+ "
+                        "(personalize): the personalizer already weighs regenerated rows by what they do to the model",
+                        self.row_filter, type(self).__name__)
         return self
 
     def personalizer_config(self) -> PersonalizerConfig:

@@ -114,16 +114,17 @@ class TrainConfig(_Config):
         "(fresh Adam, its own early stopping) and keep whichever phase validates better; the synthetic rows' share "
         "ends at zero. No effect on rows that are all original. One process only, not with DR4SR+.",
     )
-    row_filter: Literal["auto", "none", "loss"] = Field(
+    row_filter: Literal["auto", "none", "loss", "random"] = Field(
         "auto",
         description="'loss': train the model on the original rows alone first (to early stopping), score every "
         "regenerated row by its mean full-softmax cross-entropy under that model, keep the row_filter_keep share with "
         "the lowest loss (the rows a model of the real data finds plausible), then train from scratch on the original "
         "and pattern rows plus the kept regenerated rows. Costs one more training run on the original rows (none in a "
         "compare: its original arm is the scorer). No effect on rows without regenerated rows. One process only, not "
-        "with DR4SR+ or finetune. 'auto' (the default): 'loss' for the softmax losses (sampled_ce, ce) where it can "
-        "run, i.e. not with DR4SR+, finetune or world_size > 1; 'none' for bce and those cases. The report's "
-        "row_filter says what ran.",
+        "with DR4SR+ or finetune. 'random': the control for 'loss', with the same share of regenerated rows drawn "
+        "uniformly with the run's seed instead of by loss (no scorer; the same restrictions). 'auto' (the default): "
+        "'loss' for the softmax losses (sampled_ce, ce) where it can run, i.e. not with DR4SR+, finetune or "
+        "world_size > 1; 'none' for bce and those cases. The report's row_filter says what ran.",
     )
     row_filter_keep: Float = Field(
         0.25, gt=0.0, le=1.0,
@@ -161,22 +162,27 @@ class TrainConfig(_Config):
 
     @model_validator(mode="after")
     def _row_filter_alone(self) -> TrainConfig:
-        if self.row_filter == "loss" and self.world_size > 1:
-            raise _fail(("row_filter",), "the loss filter's scoring run trains in one process: world_size must be 1",
-                        self.row_filter, type(self).__name__)
-        if self.row_filter == "loss" and self.finetune != "none":
-            raise _fail(("row_filter",), "the loss filter does not combine with finetune",
+        # 'random' is the loss filter's control, so it runs where the loss filter can and nowhere else
+        if self.row_filter in ("loss", "random") and self.world_size > 1:
+            raise _fail(("row_filter",), f"the row filter ({self.row_filter!r}) trains in one process: world_size "
+                        "must be 1", self.row_filter, type(self).__name__)
+        if self.row_filter in ("loss", "random") and self.finetune != "none":
+            raise _fail(("row_filter",), f"the row filter ({self.row_filter!r}) does not combine with finetune",
                         self.row_filter, type(self).__name__)
         return self
 
-    def filters_rows(self, personalized: bool = False) -> bool:
-        """Whether regenerated rows, where the training rows hold any, are
-        filtered by the loss filter: 'loss', or 'auto' for a softmax loss in
-        one process without finetune or DR4SR+ (``personalized``)."""
+    def resolved_row_filter(self, personalized: bool = False) -> Literal["none", "loss", "random"]:
+        """The filter that runs on regenerated rows, where the training rows
+        hold any: 'auto' is 'loss' for a softmax loss in one process without
+        finetune or DR4SR+ (``personalized``), else 'none'."""
         if self.row_filter != "auto":
-            return self.row_filter == "loss"
-        return (self.loss != "bce" and not personalized and self.finetune == "none"
-                and self.world_size == 1)
+            return self.row_filter
+        return ("loss" if self.loss != "bce" and not personalized and self.finetune == "none"
+                and self.world_size == 1 else "none")
+
+    def runs_loss_filter(self, personalized: bool = False) -> bool:
+        """Whether the loss filter (and so its scorer) runs: see :meth:`resolved_row_filter`."""
+        return self.resolved_row_filter(personalized) == "loss"
 
     def model_config_overrides(self) -> dict[str, Any]:
         return {**self.model_overrides.set_values(), "max_len": self.max_len}

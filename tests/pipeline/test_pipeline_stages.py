@@ -223,7 +223,7 @@ def test_a_loss_filtered_compare_scores_with_its_original_arm(dataset, tmp_path)
     assert runs[0]["test"] == pytest.approx(alone.report["test"])
     # both reports say what was kept and where the scorer came from
     compared = (tmp_path / "cmp" / "report.html").read_text()
-    assert "Loss filter of the regenerated rows" in compared and "the original arm of this comparison" in compared
+    assert "Filter of the regenerated rows" in compared and "the original arm of this comparison" in compared
     assert f"{runs[0]['row_filter']['kept_rows']:,} of {len(pairs):,}" in compared
     assert ">trained, test NDCG@20" in (tmp_path / "alone" / "report.html").read_text()
     # the filter does not combine with DR4SR+: refused before any arm is trained

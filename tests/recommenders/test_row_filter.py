@@ -15,7 +15,7 @@ from models.data.split import leave_one_out
 from models.progress import Cancelled
 from models.recommenders import build_model
 from models.training import TrainingError, train_model
-from models.training_filter import Scorer, keep_lowest, row_losses
+from models.training_filter import Scorer, keep_lowest, keep_random, row_losses
 
 N = 30
 
@@ -194,18 +194,77 @@ def test_auto_filters_softmax_runs_on_regenerated_rows_and_nothing_else():
     assert train_model(rows, split.valid, split.test, N, _config(loss="bce")).row_filter is None
     finetuned = train_model(rows, split.valid, split.test, N, _config(finetune="original"))
     assert finetuned.finetune is not None and finetuned.row_filter is None
-    assert not _config(finetune="original").filters_rows() and not _config(world_size=2).filters_rows()
-    assert _config(loss="ce").filters_rows() and not _config().filters_rows(personalized=True)
-    assert not _config(row_filter="none").filters_rows() and _config(row_filter="loss", loss="bce").filters_rows()
+    assert not _config(finetune="original").runs_loss_filter() and not _config(world_size=2).runs_loss_filter()
+    assert _config(loss="ce").runs_loss_filter() and not _config().runs_loss_filter(personalized=True)
+    assert not _config(row_filter="none").runs_loss_filter() and _config(row_filter="loss", loss="bce").runs_loss_filter()
     TrainJobConfig(personalize=True, world_size=1)  # auto never refuses DR4SR+
 
 
-def test_the_filter_rejects_what_it_cannot_do():
+@pytest.mark.parametrize("by", ["loss", "random"])
+def test_the_filter_rejects_what_it_cannot_do(by):
     with pytest.raises(ValidationError, match="world_size must be 1"):
-        TrainConfig(row_filter="loss", world_size=2)
+        TrainConfig(row_filter=by, world_size=2)
     with pytest.raises(ValidationError, match="does not combine with finetune"):
-        TrainConfig(row_filter="loss", finetune="original")
+        TrainConfig(row_filter=by, finetune="original")
     with pytest.raises(ValidationError, match="does not combine with DR4SR"):
-        TrainJobConfig(row_filter="loss", personalize=True)
+        TrainJobConfig(row_filter=by, personalize=True)
     with pytest.raises(ValidationError, match="row_filter_keep"):
         TrainConfig(row_filter="loss", row_filter_keep=0.0)
+
+
+def test_keep_random_draws_the_loss_filters_count_by_seed():
+    first = keep_random(300, 0.25, seed=3)
+    assert len(first) == 75 and len(set(first.tolist())) == 75  # ceil(0.25 * 300), no row twice
+    assert first.tolist() == sorted(first.tolist()) and 0 <= first.min() and first.max() < 300
+    assert keep_random(300, 0.25, seed=3).tolist() == first.tolist()  # the seed decides
+    assert keep_random(300, 0.25, seed=4).tolist() != first.tolist()
+    assert len(keep_random(5, 1e-6, seed=0)) == 1 and keep_random(5, 1.0, seed=0).tolist() == [0, 1, 2, 3, 4]
+    assert keep_random(0, 0.5, seed=0).tolist() == []
+    # uniform: over many draws every row is kept about a quarter of the time
+    counts = np.zeros(40)
+    for seed in range(2000):
+        counts[keep_random(40, 0.25, seed)] += 1
+    assert np.all(np.abs(counts / 2000 - 0.25) < 0.05), counts / 2000
+
+
+def test_the_random_control_keeps_the_same_share_without_a_scorer(monkeypatch):
+    """'random' trains once (no scorer) on every original and pattern row and a
+    seeded uniform draw of the loss filter's count of regenerated rows, so the
+    chain steps among the kept rows stay near their share of all the rows
+    (the loss filter's oracle test above keeps more than 80 %)."""
+    split, rows = _data()
+    import models.training as training
+
+    seen = []
+    real = training._train
+
+    def spy(train, *args, **kwargs):
+        seen.append(train)
+        return real(train, *args, **kwargs)
+
+    monkeypatch.setattr(training, "_train", spy)
+    stages = []
+    result = train_model(rows, split.valid, split.test, N, _config(row_filter="random", row_filter_keep=0.5),
+                         lambda e: stages.append(e.stage))
+    assert len(seen) == 1 and not any(s.startswith("scorer:") for s in stages)
+    (final_rows,) = seen
+    counts = {s: int((final_rows.source == s).sum()) for s in (0, 1, 2)}
+    assert counts == {0: len(split.train), 1: 2, 2: 150}
+    f = result.row_filter
+    assert f == {"by": "random", "keep": 0.5, "regenerated_rows": 300, "kept_rows": 150,
+                 "training_rows": len(final_rows)}
+    kept = final_rows.seqs.to_lists()[-150:]
+    chain_share = np.mean([b == a % N + 1 for a, b in kept])
+    assert 0.3 < chain_share < 0.7, chain_share  # half the regenerated rows are chain steps
+    drawn = rows.take(np.flatnonzero(rows.source == int(RowSource.REGENERATED))).seqs.to_lists()
+    assert kept == [drawn[i] for i in keep_random(300, 0.5, seed=3)]  # the run's seed draws them
+    with pytest.raises(TrainingError, match="only used by the loss filter"):
+        train_model(rows, split.valid, split.test, N, _config(row_filter="random"),
+                    scorer=Scorer(build_model("sasrec", N, {"ffn_size": 16, "max_len": 12}), {}))
+
+
+def test_resolved_row_filter_names_what_runs():
+    assert _config().resolved_row_filter() == "loss" and _config(loss="bce").resolved_row_filter() == "none"
+    assert _config().resolved_row_filter(personalized=True) == "none"
+    assert _config(row_filter="random").resolved_row_filter() == "random"
+    assert not _config(row_filter="random").runs_loss_filter()
