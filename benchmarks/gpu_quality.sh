@@ -16,9 +16,10 @@
 #   LOSSES      default bce,ce
 #   ARMS        default original,dr4sr,dr4sr+ (run in this order per process);
 #               with a softmax loss the dr4sr arm runs the loss filter (the
-#               row_filter 'auto' default: one more original run as its scorer,
-#               cached per seed); QUALITY_ARGS="--train-set row_filter=none"
-#               gives plain DR4SR
+#               row_filter 'auto' default), scoring with the original arm of
+#               its seed (kept by quality.py; without the original arm, one
+#               more original run is trained as the scorer);
+#               QUALITY_ARGS="--train-set row_filter=none" gives plain DR4SR
 #   PERS_ARGS   quality.py arguments for the DR4SR+ arm only (the
 #               personalizer settings and their --tag)
 #   REGEN_FROM  a folder of regenerations made elsewhere (quality.py's cache

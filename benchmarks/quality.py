@@ -23,9 +23,11 @@ users and selects its checkpoint on the other half (no split used twice).
 One regeneration per (dataset, regeneration settings) serves every seed and
 every target model: it is cached under ``benchmarks/out/regen/`` (a file lock
 makes a second process wait for it rather than repeat it). With ``--train-set
-row_filter=loss`` the scorer (the original arm of the same model, settings and
-seed) is trained once and cached under ``benchmarks/out/scorers/``, so runs
-that differ only in ``row_filter_keep`` reuse it; each record's
+row_filter=loss`` (or the ``auto`` default with a softmax loss) the scorer
+(the original arm of the same model, settings and seed) is trained once and
+cached under ``benchmarks/out/scorers/``, so runs that differ only in
+``row_filter_keep`` reuse it; an original run puts its own model there, so a
+grid of ``original,dr4sr`` trains each seed's original once. Each record's
 ``row_filter.scorer`` says where its scorer came from.
 
 Per-user test metrics of every run are kept under
@@ -48,6 +50,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -240,24 +243,55 @@ def p_vs_original(rec: dict[str, Any], records: list[dict[str, Any]]) -> dict[st
 PERSONALIZER_AS_FIRST_RECORDED = {"meta_optimizer": "sgd", "normalize": False}
 
 
-def cached_scorer(dataset_path: Path, dataset, cfg: TrainJobConfig, tag: str):
-    """The loss filter's scorer for ``cfg``: the original arm of the same
-    settings and seed (``row_filter_keep`` aside), trained once and kept under
-    SCORER_CACHE (a file lock makes a second process wait for it)."""
-    from models.training_filter import Scorer
-
+def _scorer_folder(dataset_path: Path, cfg: TrainJobConfig) -> Path:
+    """Where the scorer of ``cfg``'s settings and seed is cached: keyed by
+    every training setting except the filter's own (``row_filter``,
+    ``row_filter_keep``), so the original arm of a grid has the same key."""
     plain = cfg.replace(row_filter="none")
     settings = {k: v for k, v in plain.as_dict().items() if k not in ("row_filter", "row_filter_keep")}
     key = hashlib.sha1(json.dumps({"dataset": dataset_path.name, **settings}, sort_keys=True,
                                   default=str).encode()).hexdigest()[:10]
-    folder = SCORER_CACHE / f"{dataset_path.stem}-{cfg.model}-{cfg.loss}-s{cfg.seed}-{key}"
+    return SCORER_CACHE / f"{dataset_path.stem}-{cfg.model}-{cfg.loss}-s{cfg.seed}-{key}"
+
+
+SCORER_FILES = ("model.safetensors", "config.json", "report.json")  # what Scorer.from_folder reads
+
+
+def cached_scorer(dataset_path: Path, dataset, cfg: TrainJobConfig, tag: str):
+    """The loss filter's scorer for ``cfg``: the original arm of the same
+    settings and seed (``row_filter_keep`` aside), trained once and kept under
+    SCORER_CACHE (a file lock makes a second process wait for it); an original
+    run of those settings recorded earlier has put its own model there
+    (``keep_as_scorer``), so a grid of original,dr4sr trains it once."""
+    from models.training_filter import Scorer
+
+    folder = _scorer_folder(dataset_path, cfg)
     SCORER_CACHE.mkdir(parents=True, exist_ok=True)
     with open(SCORER_CACHE / f"{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (folder / "report.json").is_file():
             _log(f"training the loss filter's scorer {folder.name}")
-            train(dataset, None, plain, folder, _progress(f"{tag} scorer"))
+            train(dataset, None, cfg.replace(row_filter="none"), folder, _progress(f"{tag} scorer"))
     return Scorer.from_folder(folder, cfg.device, **{"from": str(folder.relative_to(BASE))})
+
+
+def keep_as_scorer(dataset_path: Path, cfg: TrainJobConfig, work: Path) -> None:
+    """An original run's model, checkpoint and report, copied into the scorer
+    cache under the key a loss-filtered run of the same settings and seed looks
+    up (the original arm *is* that scorer), unless one is cached already."""
+    folder = _scorer_folder(dataset_path, cfg)
+    SCORER_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(SCORER_CACHE / f"{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (folder / "report.json").is_file():
+            return
+        staging = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        for name in SCORER_FILES:
+            shutil.copy2(work / name, staging / name)
+        staging.rename(folder)
+        _log(f"kept the original run as the loss filter's scorer {folder.name}")
 
 
 def personalizer_settings(cfg: TrainJobConfig) -> dict[str, Any]:
@@ -324,6 +358,8 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
     scorer = cached_scorer(dataset_path, dataset, cfg, tag) if cfg.runs_loss_filter(cfg.personalize) and rows is not None else None
     outcome = train(dataset, rows, cfg, work, _progress(tag), scorer=scorer)
     report = outcome.report
+    if variant == "original":
+        keep_as_scorer(dataset_path, cfg, work)
     stopped = "early" if report["epochs_run"] < args.epochs else "capped"
     rec.update({
         "threads": torch.get_num_threads(),

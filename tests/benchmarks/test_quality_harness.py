@@ -329,3 +329,26 @@ def test_loss_filtered_runs_share_one_cached_scorer(tmp_path):
     assert first["scorer"]["from"].startswith("benchmarks/out/scorers/")
     assert (tmp_path / first["scorer"]["from"] / "model.safetensors").is_file()
     assert second["kept_rows"] < first["kept_rows"]
+
+
+def test_an_original_run_is_kept_as_the_scorer_of_its_seed(tmp_path):
+    """In a grid of original,dr4sr the original arm is the loss filter's
+    scorer: the dr4sr run (the auto default, sampled_ce) scores with it rather
+    than training the same model again."""
+    data = tmp_path / "log.csv"
+    subprocess.run([sys.executable, "-m", "app.cli", "synth", str(data), "--users", "150", "--items", "60"],
+                   cwd=ROOT, check=True, capture_output=True)
+    env = {**os.environ, "DR4SR_QUALITY_RESULTS": str(tmp_path / "benchmarks" / "results")}
+    cmd = [sys.executable, "benchmarks/quality.py", "--record", "--threads", "1", "--seeds", "1",
+           "--grid", f"{data} x sasrec x original,dr4sr x sampled_ce", "--epochs", "2", "--regenerator-epochs", "40",
+           "--pretrain-epochs", "1"]
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "kept the original run as the loss filter's scorer" in run.stderr
+    assert "training the loss filter's scorer" not in run.stderr
+    original, filtered = (json.loads(line) for line in run.stdout.strip().splitlines()[-2:])
+    assert original["variant"] == "original" and filtered["row_filter_resolved"]["row_filter"] == "loss"
+    scorer = filtered["row_filter"]["scorer"]
+    assert scorer["reused"] is True and scorer["test"] == original["test"] and scorer["valid"] == original["valid"]
+    assert (tmp_path / scorer["from"] / "model.safetensors").is_file()
+    assert not list((tmp_path / "benchmarks" / "out" / "scorers").glob("*.partial"))
