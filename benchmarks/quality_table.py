@@ -14,6 +14,11 @@ Wilcoxon). DR4SR+ rows show the spread of the learned weights. An arm holds
 one run per seed: a later run of a seed it already has (a reproduction check)
 is counted in the arm column, not pooled.
 
+Contrasts between two arms other than the original (does the filter beat
+its random control? the regenerated rows the patterns alone?) are declared in
+``contrasts.json`` beside the JSONL and get their own generated section,
+tested the same way.
+
 Records written before the tie-aware evaluation (no ``commit`` field) are
 listed apart as legacy figures and never compared. The prose in
 ``quality_notes.md`` (what was tried and why) is appended verbatim.
@@ -131,10 +136,11 @@ SETTINGS_TAGS: dict[str, dict[str, Any]] = {
 }
 
 
-#: Tags that only named the loss filter a run trained with (``row_filter_arm``).
+#: Tags that only named the row filter a run trained with (``row_filter_arm``).
 FILTER_TAGS: dict[str, dict[str, Any]] = {
-    f"loss-filter{suffix}": {"row_filter": "loss", "row_filter_keep": keep}
-    for suffix, keep in (("", 0.5), ("-0.25", 0.25), ("-0.75", 0.75))
+    **{f"loss-filter{suffix}": {"row_filter": "loss", "row_filter_keep": keep}
+       for suffix, keep in (("", 0.5), ("-0.25", 0.25), ("-0.75", 0.75))},
+    "random-0.25": {"row_filter": "random", "row_filter_keep": 0.25},
 }
 
 
@@ -172,6 +178,74 @@ def original_train_settings(settings: str | dict[str, Any] | None) -> str:
     nothing when every row is original (the plain original run is that arm's
     baseline); ``num_negatives`` too, compared as ``negatives`` (resolved)."""
     return _settings_without(settings, "finetune", "row_filter", "row_filter_keep", "num_negatives")
+
+
+#: The names of an arm key's fields, in order (``arm_key``): what a contrast's selector matches.
+ARM_FIELDS = ("dataset", "model", "loss", "variant", "profile", "personalizer_profile", "ablation", "regeneration",
+              "bucket", "tag", "personalizer", "train", "device", "negatives")
+_JSON_FIELDS = ("regeneration", "personalizer", "train")
+
+
+def describe(key: tuple) -> dict[str, Any]:
+    """An arm key as named fields, its JSON-encoded settings decoded."""
+    out = dict(zip(ARM_FIELDS, key, strict=True))
+    for name in _JSON_FIELDS:
+        out[name] = json.loads(out[name])
+    return out
+
+
+def select(arms: dict[tuple, list[dict]], selector: dict[str, Any]) -> tuple | None:
+    """The one arm whose fields equal every field the selector names (a field
+    it leaves out matches anything); ``None`` when no arm matches. Several
+    matches are an error that lists them: a contrast must name its arms."""
+    unknown = set(selector) - set(ARM_FIELDS)
+    if unknown:
+        raise ValueError(f"a contrast names unknown arm fields {sorted(unknown)} (known: {', '.join(ARM_FIELDS)})")
+    found = [k for k in arms if all(describe(k)[f] == v for f, v in selector.items())]
+    if len(found) > 1:
+        raise ValueError(f"the selector {selector} matches {len(found)} arms; name more fields: "
+                         + "; ".join(json.dumps({f: v for f, v in describe(k).items() if f not in selector})
+                                     for k in found))
+    return found[0] if found else None
+
+
+def render_contrasts(arms: dict[tuple, list[dict]], contrasts: list[dict[str, Any]]) -> list[str]:
+    """The declared contrasts between two arms (``contrasts.json``): each arm's
+    mean, the difference and the paired tests pooled over the seeds both have."""
+    if not contrasts:
+        return []
+    out = [
+        "",
+        "## Contrasts between arms",
+        "",
+        "Declared in `contrasts.json` (each names its two arms by the fields of the table's arm: dataset, model,",
+        "loss, variant, ablation, tag, settings...) and computed like the `p (pooled)` column: paired t-test",
+        "and Wilcoxon over users of test NDCG@20 averaged over the seeds both arms share. A missing arm is",
+        "listed as such. The p-values are not corrected for the number of contrasts.",
+        "",
+        "| question | dataset | base | arm | base N@20 | arm N@20 | arm − base | seeds | t p | Wilcoxon p |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in contrasts:
+        shared = c.get("shared", {})
+        keys = {side: select(arms, {**shared, **c[side]}) for side in ("base", "arm")}
+        dataset = shared.get("dataset") or c["arm"].get("dataset") or c["base"].get("dataset") or "?"
+        label = {side: c.get(f"{side}_label") or json.dumps(c[side]) for side in ("base", "arm")}
+        if None in keys.values():
+            missing = " and ".join(side for side, k in keys.items() if k is None)
+            out.append(f"| {c['question']} | {dataset} | {label['base']} | {label['arm']} | "
+                       f"{missing} not recorded yet | | | | | |")
+            continue
+        base, arm = arms[keys["base"]], arms[keys["arm"]]
+        test = pooled_test(arm, base)
+        seeds = sorted({r["seed"] for r in arm} & {r["seed"] for r in base})
+        out.append("| " + " | ".join([
+            c["question"], dataset, label["base"], label["arm"],
+            _fmt([r["test"]["ndcg@20"] for r in base]), _fmt([r["test"]["ndcg@20"] for r in arm]),
+            f"{test['diff']:+.4f}" if test else "–", ",".join(map(str, seeds)) or "none shared",
+            _p(test["t_p"]) if test else "–", _p(test["w_p"]) if test else "–",
+        ]) + " |")
+    return out
 
 
 def _fmt(values: list[float]) -> str:
@@ -295,17 +369,24 @@ def _regenerated_rows(runs: list[dict]) -> str:
     return "; ".join(f"{c:,}" if c is not None else "?" for c in counts)
 
 
-def render(records: list[dict[str, Any]], notes: str) -> str:
-    legacy = [r for r in records if "commit" not in r]
-    current = [r for r in records if "commit" in r]
+def group_arms(current: list[dict[str, Any]]) -> tuple[dict[tuple, list[dict]], dict[tuple, int]]:
+    """Records by arm, one run per seed (a later run of a seed the arm has is
+    counted in the second dict, not pooled)."""
     arms: dict[tuple, list[dict]] = defaultdict(list)
     repeats: dict[tuple, int] = defaultdict(int)
     for r in current:
         key = arm_key(r)
         if any(other["seed"] == r["seed"] for other in arms[key]):
-            repeats[key] += 1  # a later run of a seed the arm has: counted, not pooled
+            repeats[key] += 1
             continue
         arms[key].append(r)
+    return arms, repeats
+
+
+def render(records: list[dict[str, Any]], notes: str, contrasts: list[dict[str, Any]] | None = None) -> str:
+    legacy = [r for r in records if "commit" not in r]
+    current = [r for r in records if "commit" in r]
+    arms, repeats = group_arms(current)
     out = [
         "# Quality: measured, seeded, significance-tested",
         "",
@@ -383,6 +464,7 @@ def render(records: list[dict[str, Any]], notes: str) -> str:
                 _regenerated_rows(runs) if variant != "original" else "",
             ]) + " |"
         )
+    out += render_contrasts(arms, contrasts or [])
     if legacy:
         out += [
             "",
@@ -437,7 +519,12 @@ def main() -> None:
     records = load(RESULTS / "quality.jsonl")
     notes_path = RESULTS / "quality_notes.md"
     notes = notes_path.read_text() if notes_path.exists() else ""
-    text = render(records, notes)
+    contrasts_path = RESULTS / "contrasts.json"
+    contrasts = json.loads(contrasts_path.read_text()) if contrasts_path.exists() else []
+    try:
+        text = render(records, notes, contrasts)
+    except ValueError as err:
+        raise SystemExit(f"error: {contrasts_path}: {err}") from None
     (RESULTS / "quality.md").write_text(text)
     if "--readme" in sys.argv[1:]:
         update_readme(records)

@@ -352,3 +352,32 @@ def test_an_original_run_is_kept_as_the_scorer_of_its_seed(tmp_path):
     assert scorer["reused"] is True and scorer["test"] == original["test"] and scorer["valid"] == original["valid"]
     assert (tmp_path / scorer["from"] / "model.safetensors").is_file()
     assert not list((tmp_path / "benchmarks" / "out" / "scorers").glob("*.partial"))
+
+
+def test_a_declared_contrast_pairs_two_arms_and_refuses_an_ambiguous_one(tmp_path):
+    """contrasts.json names two arms by their fields; the generated section
+    gives their means and the paired tests over the seeds both have, says
+    which arm is missing, and an ambiguous selector is an error, not a guess."""
+    table = _table_module()
+    rng = np.random.default_rng(0)
+    base_users = rng.random((3, 200))
+    records = []
+    for seed in (1, 2, 3):
+        for name, train, shift in (("plain", {}, 0.0), ("filtered", {"row_filter": "loss", "row_filter_keep": 0.25}, 0.05)):
+            path = tmp_path / f"{name}-{seed}.npz"
+            np.savez(path, **{"ndcg@20": base_users[seed - 1] + shift})
+            records.append({**_run("dr4sr", seed, per_user=str(path)), "train_settings": train,
+                            "test": {"ndcg@20": float((base_users[seed - 1] + shift).mean())}})
+    arms, _ = table.group_arms(records)
+    shared = {"dataset": "d", "variant": "dr4sr"}
+    contrast = {"question": "q", "shared": shared, "base": {"train": {}},
+                "arm": {"train": {"row_filter": "loss", "row_filter_keep": 0.25}}}
+    lines = table.render_contrasts(arms, [contrast])
+    row = [c.strip() for c in lines[-1].strip("|").split("|")]
+    assert row[6] == "+0.0500" and row[7] == "1,2,3" and float(row[8]) < 1e-3
+    missing = table.render_contrasts(arms, [{**contrast, "arm": {"train": {"row_filter": "random"}}}])
+    assert "arm not recorded yet" in missing[-1]
+    with pytest.raises(ValueError, match="matches 2 arms"):
+        table.render_contrasts(arms, [{**contrast, "base": {}}])
+    with pytest.raises(ValueError, match="unknown arm fields"):
+        table.render_contrasts(arms, [{**contrast, "base": {"seed": 1}}])
