@@ -80,6 +80,7 @@ def test_job_submission_fails_cleanly_when_the_broker_is_down(
         (["regenerate"], {"max_len": 120}, "max_len"),
         (["train"], {"personalizer": {"tau_init": 0.5}}, "personalizer.tau_init"),
         (["train"], {"model_overrides": {"rnn_size": 8}}, "model_overrides.rnn_size"),
+        (["train"], {"row_filter": "random", "finetune": "original"}, "row_filter"),
     ],
 )
 def test_an_invalid_value_reads_the_same_in_the_cli_and_the_api(
