@@ -223,8 +223,8 @@ def render_contrasts(arms: dict[tuple, list[dict]], contrasts: list[dict[str, An
         "and Wilcoxon over users of test NDCG@20 averaged over the seeds both arms share. A missing arm is",
         "listed as such. The p-values are not corrected for the number of contrasts.",
         "",
-        "| question | dataset | base | arm | base N@20 | arm N@20 | arm − base | seeds | t p | Wilcoxon p |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| question | dataset | base | arm | base N@20 | arm N@20 | arm − base | seeds | t p | Wilcoxon p | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in contrasts:
         shared = c.get("shared", {})
@@ -234,7 +234,7 @@ def render_contrasts(arms: dict[tuple, list[dict]], contrasts: list[dict[str, An
         if None in keys.values():
             missing = " and ".join(side for side, k in keys.items() if k is None)
             out.append(f"| {c['question']} | {dataset} | {label['base']} | {label['arm']} | "
-                       f"{missing} not recorded yet | | | | | |")
+                       f"{missing} not recorded yet | | | | | | |")
             continue
         base, arm = arms[keys["base"]], arms[keys["arm"]]
         test = pooled_test(arm, base)
@@ -244,8 +244,30 @@ def render_contrasts(arms: dict[tuple, list[dict]], contrasts: list[dict[str, An
             _fmt([r["test"]["ndcg@20"] for r in base]), _fmt([r["test"]["ndcg@20"] for r in arm]),
             f"{test['diff']:+.4f}" if test else "–", ",".join(map(str, seeds)) or "none shared",
             _p(test["t_p"]) if test else "–", _p(test["w_p"]) if test else "–",
+            _regeneration_note(base, arm),
         ]) + " |")
     return out
+
+
+def _regenerator_cpus(runs: list[dict]) -> set[str]:
+    """Where the regenerations of an arm's runs were trained (CPU kernel path or device)."""
+    out = set()
+    for r in runs:
+        env = (r.get("regeneration") or {}).get("environment") or {}
+        if r.get("regeneration"):
+            out.add(str(env.get("cpu_capability") or env.get("device") or "?"))
+    return out
+
+
+def _regeneration_note(base: list[dict], arm: list[dict]) -> str:
+    """A warning where two arms trained on regenerations made on different CPU
+    kernel paths (their regenerated rows differ, so the contrast mixes the
+    filter with the regeneration)."""
+    a, b = _regenerator_cpus(base), _regenerator_cpus(arm)
+    if a and b and a != b:
+        return (f"regenerations differ ({'/'.join(sorted(a))} against {'/'.join(sorted(b))}: other rows), "
+                "not a like-for-like contrast")
+    return ""
 
 
 def _fmt(values: list[float]) -> str:

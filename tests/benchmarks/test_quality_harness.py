@@ -375,6 +375,11 @@ def test_a_declared_contrast_pairs_two_arms_and_refuses_an_ambiguous_one(tmp_pat
     lines = table.render_contrasts(arms, [contrast])
     row = [c.strip() for c in lines[-1].strip("|").split("|")]
     assert row[6] == "+0.0500" and row[7] == "1,2,3" and float(row[8]) < 1e-3
+    assert row[10] == ""
+    for rec in records:  # the filtered arm's regenerations came from another CPU path
+        rec["regeneration"] = {"environment": {"cpu_capability": "AVX2" if rec["train_settings"] else "AVX512"}}
+    flagged = table.render_contrasts(table.group_arms(records)[0], [contrast])
+    assert "regenerations differ (AVX512 against AVX2" in flagged[-1]
     missing = table.render_contrasts(arms, [{**contrast, "arm": {"train": {"row_filter": "random"}}}])
     assert "arm not recorded yet" in missing[-1]
     with pytest.raises(ValueError, match="matches 2 arms"):
