@@ -220,8 +220,8 @@ def render_contrasts(arms: dict[tuple, list[dict]], contrasts: list[dict[str, An
         "",
         "Declared in `contrasts.json` (each names its two arms by the fields of the table's arm: dataset, model,",
         "loss, variant, ablation, tag, settings...) and computed like the `p (pooled)` column: paired t-test",
-        "and Wilcoxon over users of test NDCG@20 averaged over the seeds both arms share. A missing arm is",
-        "listed as such. The p-values are not corrected for the number of contrasts.",
+        "and Wilcoxon over users of test NDCG@20 averaged over the seeds both arms share; both means are over",
+        "those seeds. A missing arm is listed as such. The p-values are not corrected for the number of contrasts.",
         "",
         "| question | dataset | base | arm | base N@20 | arm N@20 | arm − base | seeds | t p | Wilcoxon p | note |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -236,9 +236,10 @@ def render_contrasts(arms: dict[tuple, list[dict]], contrasts: list[dict[str, An
             out.append(f"| {c['question']} | {dataset} | {label['base']} | {label['arm']} | "
                        f"{missing} not recorded yet | | | | | | |")
             continue
-        base, arm = arms[keys["base"]], arms[keys["arm"]]
+        seeds = sorted({r["seed"] for r in arms[keys["base"]]} & {r["seed"] for r in arms[keys["arm"]]})
+        # both means over the shared seeds, the ones the test pairs
+        base, arm = ([r for r in arms[keys[side]] if r["seed"] in seeds] for side in ("base", "arm"))
         test = pooled_test(arm, base)
-        seeds = sorted({r["seed"] for r in arm} & {r["seed"] for r in base})
         out.append("| " + " | ".join([
             c["question"], dataset, label["base"], label["arm"],
             _fmt([r["test"]["ndcg@20"] for r in base]), _fmt([r["test"]["ndcg@20"] for r in arm]),

@@ -368,6 +368,9 @@ def test_a_declared_contrast_pairs_two_arms_and_refuses_an_ambiguous_one(tmp_pat
             np.savez(path, **{"ndcg@20": base_users[seed - 1] + shift})
             records.append({**_run("dr4sr", seed, per_user=str(path)), "train_settings": train,
                             "test": {"ndcg@20": float((base_users[seed - 1] + shift).mean())}})
+    extra = tmp_path / "plain-4.npz"  # a seed only the base has: neither paired nor in its mean
+    np.savez(extra, **{"ndcg@20": np.ones(200)})
+    records.append({**_run("dr4sr", 4, per_user=str(extra)), "test": {"ndcg@20": 1.0}})
     arms, _ = table.group_arms(records)
     shared = {"dataset": "d", "variant": "dr4sr"}
     contrast = {"question": "q", "shared": shared, "base": {"train": {}},
@@ -375,8 +378,9 @@ def test_a_declared_contrast_pairs_two_arms_and_refuses_an_ambiguous_one(tmp_pat
     lines = table.render_contrasts(arms, [contrast])
     row = [c.strip() for c in lines[-1].strip("|").split("|")]
     assert row[6] == "+0.0500" and row[7] == "1,2,3" and float(row[8]) < 1e-3
+    assert float(row[4].split(" ± ")[0]) == pytest.approx(base_users.mean(1).mean(), abs=1e-4)
     assert row[10] == ""
-    for rec in records:  # the filtered arm's regenerations came from another CPU path
+    for rec in records[:-1]:  # the filtered arm's regenerations came from another CPU path
         rec["regeneration"] = {"environment": {"cpu_capability": "AVX2" if rec["train_settings"] else "AVX512"}}
     flagged = table.render_contrasts(table.group_arms(records)[0], [contrast])
     assert "regenerations differ (AVX512 against AVX2" in flagged[-1]
