@@ -276,7 +276,7 @@ def cached_scorer(dataset_path: Path, dataset, cfg: TrainJobConfig, tag: str):
 
 
 def keep_as_scorer(dataset_path: Path, cfg: TrainJobConfig, work: Path) -> None:
-    """An original run's model, checkpoint and report, copied into the scorer
+    """An original run's model, its config and its report, copied into the scorer
     cache under the key a loss-filtered run of the same settings and seed looks
     up (the original arm *is* that scorer), unless one is cached already."""
     folder = _scorer_folder(dataset_path, cfg)

@@ -138,9 +138,8 @@ SETTINGS_TAGS: dict[str, dict[str, Any]] = {
 
 #: Tags that only named the row filter a run trained with (``row_filter_arm``).
 FILTER_TAGS: dict[str, dict[str, Any]] = {
-    **{f"loss-filter{suffix}": {"row_filter": "loss", "row_filter_keep": keep}
-       for suffix, keep in (("", 0.5), ("-0.25", 0.25), ("-0.75", 0.75))},
-    "random-0.25": {"row_filter": "random", "row_filter_keep": 0.25},
+    f"loss-filter{suffix}": {"row_filter": "loss", "row_filter_keep": keep}
+    for suffix, keep in (("", 0.5), ("-0.25", 0.25), ("-0.75", 0.75))
 }
 
 
