@@ -85,11 +85,11 @@ def test_keep_lowest_takes_the_lowest_share_and_breaks_ties_by_row():
     assert keep_lowest(np.zeros(0), 0.5).tolist() == []
 
 
-def test_the_filter_keeps_plausible_rows_and_trains_on_them(monkeypatch):
-    split, rows = _data()
+def _training_rows_seen(monkeypatch) -> list[TrainRows]:
+    """The rows of every training run from here on (the trainer's inner loop, spied on)."""
     import models.training as training
 
-    seen = []
+    seen: list[TrainRows] = []
     real = training._train
 
     def spy(train, *args, **kwargs):
@@ -97,11 +97,17 @@ def test_the_filter_keeps_plausible_rows_and_trains_on_them(monkeypatch):
         return real(train, *args, **kwargs)
 
     monkeypatch.setattr(training, "_train", spy)
+    return seen
+
+
+def test_the_filter_keeps_plausible_rows_and_trains_on_them(monkeypatch):
+    split, rows = _data()
+    seen = _training_rows_seen(monkeypatch)
     result = train_model(rows, split.valid, split.test, N, _config(row_filter="loss", row_filter_keep=0.5))
     scorer_rows, final_rows = seen
     # the scorer saw the original rows only, and is the plain original run
     assert set(np.unique(scorer_rows.source)) == {int(RowSource.ORIGINAL)}
-    monkeypatch.setattr(training, "_train", real)
+    monkeypatch.undo()  # the plain trainer again
     original = train_model(split.train, split.valid, split.test, N, _config())
     assert result.row_filter["scorer"]["valid"] == original.valid_metrics
     # the final run kept every original and pattern row and half the regenerated ones
@@ -233,16 +239,7 @@ def test_the_random_control_keeps_the_same_share_without_a_scorer(monkeypatch):
     chain steps among the kept rows stay near their share of all the rows
     (the loss filter's oracle test above keeps more than 80 %)."""
     split, rows = _data()
-    import models.training as training
-
-    seen = []
-    real = training._train
-
-    def spy(train, *args, **kwargs):
-        seen.append(train)
-        return real(train, *args, **kwargs)
-
-    monkeypatch.setattr(training, "_train", spy)
+    seen = _training_rows_seen(monkeypatch)
     stages = []
     result = train_model(rows, split.valid, split.test, N, _config(row_filter="random", row_filter_keep=0.5),
                          lambda e: stages.append(e.stage))
