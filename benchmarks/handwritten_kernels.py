@@ -33,7 +33,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +44,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from library_kernels import sasrec_library_path  # noqa: E402
 from regenerator_train import build_dataset_pairs  # noqa: E402
 
 from models.batching import BatchIterator  # noqa: E402
-from models.recommenders import sasrec as sasrec_module  # noqa: E402
 from models.recommenders.base import dropout as base_dropout  # noqa: E402
 from models.recommenders.sasrec import SASRec, SASRecConfig  # noqa: E402
 from models.regenerator import (  # noqa: E402
@@ -76,36 +76,6 @@ def interleave(a: Callable[[], None], b: Callable[[], None], steps: int, warmup:
     ma, mb = statistics.median(ta), statistics.median(tb)
     return {"handwritten_ms": round(1e3 * ma, 3), "library_ms": round(1e3 * mb, 3),
             "ratio": round(mb / ma, 3), "steps": steps}
-
-
-@contextlib.contextmanager
-def sasrec_library_path() -> Iterator[None]:
-    """SASRec with F.dropout everywhere and SDPA's own attention dropout."""
-    original_forward = sasrec_module.CausalSelfAttention.forward
-    original_dropout = sasrec_module.dropout
-
-    def forward(self, x, query=None):  # noqa: ANN001, ANN202
-        if query is not None:
-            return original_forward(self, x, query)
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
-
-    import models.recommenders.base as base_module
-
-    base_original = base_module.dropout
-    library = lambda x, p, training: F.dropout(x, p, training)  # noqa: E731
-    sasrec_module.CausalSelfAttention.forward = forward
-    sasrec_module.dropout = library
-    base_module.dropout = library
-    try:
-        yield
-    finally:
-        sasrec_module.CausalSelfAttention.forward = original_forward
-        sasrec_module.dropout = original_dropout
-        base_module.dropout = base_original
 
 
 def main() -> None:

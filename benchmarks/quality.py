@@ -45,6 +45,7 @@ Progress goes to stderr; every finished run prints one JSON line on stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -79,6 +80,7 @@ from models.pipeline import (  # noqa: E402
 from models.progress import ProgressEvent  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from library_kernels import sasrec_library_path  # noqa: E402
 from quality_table import (  # noqa: E402
     NUM_NEGATIVES_BEFORE_RECORDED,
     arm_key,
@@ -243,12 +245,15 @@ def p_vs_original(rec: dict[str, Any], records: list[dict[str, Any]]) -> dict[st
 PERSONALIZER_AS_FIRST_RECORDED = {"meta_optimizer": "sgd", "normalize": False}
 
 
-def _scorer_folder(dataset_path: Path, cfg: TrainJobConfig) -> Path:
+def _scorer_folder(dataset_path: Path, cfg: TrainJobConfig, kernels: str = "default") -> Path:
     """Where the scorer of ``cfg``'s settings and seed is cached: keyed by
     every training setting except the filter's own (``row_filter``,
-    ``row_filter_keep``), so the original arm of a grid has the same key."""
+    ``row_filter_keep``), so the original arm of a grid has the same key, and
+    by ``kernels`` where a run trains on the library path (``--library-kernels``)."""
     plain = cfg.replace(row_filter="none")
     settings = {k: v for k, v in plain.as_dict().items() if k not in ("row_filter", "row_filter_keep")}
+    if kernels != "default":
+        settings["kernels"] = kernels
     key = hashlib.sha1(json.dumps({"dataset": dataset_path.name, **settings}, sort_keys=True,
                                   default=str).encode()).hexdigest()[:10]
     return SCORER_CACHE / f"{dataset_path.stem}-{cfg.model}-{cfg.loss}-s{cfg.seed}-{key}"
@@ -257,7 +262,7 @@ def _scorer_folder(dataset_path: Path, cfg: TrainJobConfig) -> Path:
 SCORER_FILES = ("model.safetensors", "config.json", "report.json")  # what Scorer.from_folder reads
 
 
-def cached_scorer(dataset_path: Path, dataset, cfg: TrainJobConfig, tag: str):
+def cached_scorer(dataset_path: Path, dataset, cfg: TrainJobConfig, tag: str, kernels: str = "default"):
     """The loss filter's scorer for ``cfg``: the original arm of the same
     settings and seed (``row_filter_keep`` aside), trained once and kept under
     SCORER_CACHE (a file lock makes a second process wait for it); an original
@@ -265,7 +270,7 @@ def cached_scorer(dataset_path: Path, dataset, cfg: TrainJobConfig, tag: str):
     (``keep_as_scorer``), so a grid of original,dr4sr trains it once."""
     from models.training_filter import Scorer
 
-    folder = _scorer_folder(dataset_path, cfg)
+    folder = _scorer_folder(dataset_path, cfg, kernels)
     SCORER_CACHE.mkdir(parents=True, exist_ok=True)
     with open(SCORER_CACHE / f"{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -275,11 +280,11 @@ def cached_scorer(dataset_path: Path, dataset, cfg: TrainJobConfig, tag: str):
     return Scorer.from_folder(folder, cfg.device, **{"from": str(folder.relative_to(BASE))})
 
 
-def keep_as_scorer(dataset_path: Path, cfg: TrainJobConfig, work: Path) -> None:
+def keep_as_scorer(dataset_path: Path, cfg: TrainJobConfig, work: Path, kernels: str = "default") -> None:
     """An original run's model, its config and its report, copied into the scorer
     cache under the key a loss-filtered run of the same settings and seed looks
     up (the original arm *is* that scorer), unless one is cached already."""
-    folder = _scorer_folder(dataset_path, cfg)
+    folder = _scorer_folder(dataset_path, cfg, kernels)
     SCORER_CACHE.mkdir(parents=True, exist_ok=True)
     with open(SCORER_CACHE / f"{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -324,6 +329,9 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
         "train_settings": _parse_sets(args.train_set),
         "tag": args.tag,
     }
+    kernels = "library" if args.library_kernels else "default"
+    if args.library_kernels:  # the plain path the CPU dropout device is checked against
+        rec["kernels"] = kernels
     personalizer = {"profile": args.personalizer_profile, **_parse_sets(args.pers_set)}
     if args.ablation == "end_to_end":
         personalizer["mode"] = "end_to_end"
@@ -355,11 +363,13 @@ def run_one(args, dataset_path: Path, model: str, variant: str, loss: str, seed:
     tag = f"{dataset_path.stem} {model} {variant} {loss} s{seed}"
     _log(f"start {tag}")
     work = REGEN_CACHE.parent / "runs" / f"{tag.replace(' ', '-')}-{int(time.time())}"
-    scorer = cached_scorer(dataset_path, dataset, cfg, tag) if cfg.runs_loss_filter(cfg.personalize) and rows is not None else None
-    outcome = train(dataset, rows, cfg, work, _progress(tag), scorer=scorer)
+    with sasrec_library_path() if args.library_kernels else contextlib.nullcontext():
+        scorer = (cached_scorer(dataset_path, dataset, cfg, tag, kernels)
+                  if cfg.runs_loss_filter(cfg.personalize) and rows is not None else None)
+        outcome = train(dataset, rows, cfg, work, _progress(tag), scorer=scorer)
     report = outcome.report
     if variant == "original":
-        keep_as_scorer(dataset_path, cfg, work)
+        keep_as_scorer(dataset_path, cfg, work, kernels)
     stopped = "early" if report["epochs_run"] < args.epochs else "capped"
     rec.update({
         "threads": torch.get_num_threads(),
@@ -435,6 +445,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads for this process.")
     p.add_argument("--device", default="auto")
     p.add_argument("--tag", default=None, help="Label for an experiment arm (kept in the record).")
+    p.add_argument("--library-kernels", action="store_true",
+                   help="SASRec only: train with F.dropout and SDPA's attention dropout (the library path) instead "
+                        "of the CPU dropout device, to check that device's quality; the tag defaults to "
+                        "'library-kernels', so these runs form their own arm.")
     p.add_argument("--force", action="store_true", help="Run even when an identical run is recorded.")
     p.add_argument("--record", action="store_true", help="Append results to benchmarks/results/quality.jsonl.")
     args = p.parse_args()
@@ -454,6 +468,11 @@ def main() -> None:
         cells = [(args.dataset, args.model, args.variant, args.loss)]
     else:
         raise SystemExit("error: give --dataset or --grid")
+    if args.library_kernels:
+        others = sorted({m for _, m, _, _ in cells} - {"sasrec"})
+        if others:
+            raise SystemExit(f"error: --library-kernels swaps SASRec's dropout and attention; not for {others}")
+        args.tag = args.tag or "library-kernels"
     for d, *_ in cells:
         if not d.exists():
             raise SystemExit(f"error: dataset {d} does not exist")

@@ -390,3 +390,69 @@ def test_a_declared_contrast_pairs_two_arms_and_refuses_an_ambiguous_one(tmp_pat
         table.render_contrasts(arms, [{**contrast, "base": {}}])
     with pytest.raises(ValueError, match="unknown arm fields"):
         table.render_contrasts(arms, [{**contrast, "base": {"seed": 1}}])
+
+
+def test_the_library_path_swaps_sasrecs_cpu_dropout_and_restores_it(monkeypatch):
+    """``--library-kernels`` trains SASRec with F.dropout and SDPA's attention
+    dropout: inside the block the CPU device is not called and F.dropout is;
+    without dropout both paths compute the same outputs; the device is back after."""
+    import torch
+
+    import models.recommenders.base as base_module
+    from models.batching import Batch
+    from models.recommenders import sasrec as sasrec_module
+    from models.recommenders.sasrec import SASRec, SASRecConfig
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from library_kernels import sasrec_library_path
+
+    torch.manual_seed(0)
+    model = SASRec(30, SASRecConfig(embed_dim=16, ffn_size=24, head_num=2, max_len=8))
+    seq = torch.tensor([[1, 2, 3, 4, 0, 0, 0, 0], [5, 6, 7, 8, 9, 10, 11, 12]])
+    target = torch.tensor([[2, 3, 4, 5, 0, 0, 0, 0], [6, 7, 8, 9, 10, 11, 12, 13]])
+    batch = Batch(input=seq, target=target, lengths=torch.tensor([4, 8]), source=torch.zeros(2, dtype=torch.uint8),
+                  row=torch.arange(2))
+    device = base_module.dropout
+    calls = {"F.dropout": 0}
+    real = torch.nn.functional.dropout
+
+    def counted(*args, **kwargs):
+        calls["F.dropout"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "dropout", counted)
+    model.eval()
+    plain = model(batch)
+    with sasrec_library_path():
+        assert base_module.dropout is not device and sasrec_module.dropout is not device
+        torch.testing.assert_close(model(batch), plain)  # dropout off: the same computation
+        model.train()
+        model.training_loss(batch, "ce").backward()
+        assert calls["F.dropout"] > 0
+    assert base_module.dropout is device and sasrec_module.dropout is device
+    calls["F.dropout"] = 0
+    model.training_loss(batch, "ce").backward()
+    assert calls["F.dropout"] == 0  # the CPU device again
+
+
+def test_a_library_kernels_run_is_its_own_tagged_arm_and_sasrec_only(tmp_path):
+    data = tmp_path / "log.csv"
+    subprocess.run([sys.executable, "-m", "app.cli", "synth", str(data), "--users", "150", "--items", "60"],
+                   cwd=ROOT, check=True, capture_output=True)
+    env = {**os.environ, "DR4SR_QUALITY_RESULTS": str(tmp_path / "benchmarks" / "results")}
+    base = [sys.executable, "benchmarks/quality.py", "--record", "--threads", "1", "--seeds", "1", "--epochs", "2"]
+    runs = {}
+    for name, extra in (("device", []), ("library", ["--library-kernels"])):
+        run = subprocess.run(base + ["--grid", f"{data} x sasrec x original x ce", *extra], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        runs[name] = json.loads(run.stdout.strip().splitlines()[-1])
+    device, library = runs["device"], runs["library"]
+    assert library["tag"] == "library-kernels" and library["kernels"] == "library" and "kernels" not in device
+    assert library["per_user"] != device["per_user"]  # not skipped as the same run, not overwritten
+    # each kept as the scorer of its own kernels, not one in place of the other
+    kept = [p for p in (tmp_path / "benchmarks" / "out" / "scorers").glob("log-sasrec-ce-s1-*") if p.is_dir()]
+    assert len(kept) == 2
+    refused = subprocess.run(base + ["--grid", f"{data} x gru4rec x original x ce", "--library-kernels"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "not for ['gru4rec']" in refused.stderr
