@@ -37,6 +37,10 @@ Wilcoxon test over users of its test NDCG@20 against the original run with the
 same model, loss and seed (when that run exists). ``quality_table.py`` turns
 the JSONL into ``quality.md``.
 
+``--library-kernels`` trains SASRec with ``F.dropout`` and SDPA's attention
+dropout instead of the CPU dropout device, as its own arm (tag
+``library-kernels``, its own cached scorer): the device's quality check.
+
 Runs already in the JSONL (same dataset, model, variant, loss, seed, profiles,
 regeneration settings and code) are skipped, so a grid can be restarted.
 Progress goes to stderr; every finished run prints one JSON line on stdout.
