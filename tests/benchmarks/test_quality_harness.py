@@ -18,6 +18,14 @@ REQUIRED = {
 }
 
 
+def _synth_log(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A small synthetic log, and an environment whose quality results go under ``tmp_path``."""
+    data = tmp_path / "log.csv"
+    subprocess.run([sys.executable, "-m", "app.cli", "synth", str(data), "--users", "150", "--items", "60"],
+                   cwd=ROOT, check=True, capture_output=True)
+    return data, {**os.environ, "DR4SR_QUALITY_RESULTS": str(tmp_path / "benchmarks" / "results")}
+
+
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     base = tmp_path_factory.mktemp("quality")
@@ -309,10 +317,7 @@ def test_quality_groups_compares_two_arms_inside_user_groups(tmp_path):
 def test_loss_filtered_runs_share_one_cached_scorer(tmp_path):
     """The loss filter's scorer is the original arm of the run's settings and
     seed: trained once, cached, and reused by a run with another kept share."""
-    data = tmp_path / "log.csv"
-    subprocess.run([sys.executable, "-m", "app.cli", "synth", str(data), "--users", "150", "--items", "60"],
-                   cwd=ROOT, check=True, capture_output=True)
-    env = {**os.environ, "DR4SR_QUALITY_RESULTS": str(tmp_path / "benchmarks" / "results")}
+    data, env = _synth_log(tmp_path)
     records = []
     for keep in ("0.5", "0.25"):
         cmd = [sys.executable, "benchmarks/quality.py", "--record", "--threads", "1", "--seeds", "1",
@@ -335,10 +340,7 @@ def test_an_original_run_is_kept_as_the_scorer_of_its_seed(tmp_path):
     """In a grid of original,dr4sr the original arm is the loss filter's
     scorer: the dr4sr run (the auto default, sampled_ce) scores with it rather
     than training the same model again."""
-    data = tmp_path / "log.csv"
-    subprocess.run([sys.executable, "-m", "app.cli", "synth", str(data), "--users", "150", "--items", "60"],
-                   cwd=ROOT, check=True, capture_output=True)
-    env = {**os.environ, "DR4SR_QUALITY_RESULTS": str(tmp_path / "benchmarks" / "results")}
+    data, env = _synth_log(tmp_path)
     cmd = [sys.executable, "benchmarks/quality.py", "--record", "--threads", "1", "--seeds", "1",
            "--grid", f"{data} x sasrec x original,dr4sr x sampled_ce", "--epochs", "2", "--regenerator-epochs", "40",
            "--pretrain-epochs", "1"]
@@ -436,10 +438,7 @@ def test_the_library_path_swaps_sasrecs_cpu_dropout_and_restores_it(monkeypatch)
 
 
 def test_a_library_kernels_run_is_its_own_tagged_arm_and_sasrec_only(tmp_path):
-    data = tmp_path / "log.csv"
-    subprocess.run([sys.executable, "-m", "app.cli", "synth", str(data), "--users", "150", "--items", "60"],
-                   cwd=ROOT, check=True, capture_output=True)
-    env = {**os.environ, "DR4SR_QUALITY_RESULTS": str(tmp_path / "benchmarks" / "results")}
+    data, env = _synth_log(tmp_path)
     base = [sys.executable, "benchmarks/quality.py", "--record", "--threads", "1", "--seeds", "1", "--epochs", "2"]
     runs = {}
     for name, extra in (("device", []), ("library", ["--library-kernels"])):
